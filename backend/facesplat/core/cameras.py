@@ -1,0 +1,130 @@
+"""cameras.json: the registered frames of a run, and camera convention conversions.
+
+cameras.json (written by the backend's sfm stage, read by the trainer and the Blender add-on):
+    {
+      "convention": "opencv",          # x right, y down, z forward
+      "matrix": "world_to_camera",
+      "frames": [
+        {"frame_index": 12,             # 0-based index in the source video (or sorted folder)
+         "image": "frames/000012.png",  # relative to the workspace
+         "mask": "masks/000012.png",
+         "width": 480, "height": 270,
+         "fx": .., "fy": .., "cx": .., "cy": ..,
+         "distortion": {"model": "SIMPLE_RADIAL", "params": [k1]},
+         "world_to_camera": [[4 x 4]]}, ...]
+    }
+World units are those of the PLY files written by the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# OpenCV camera axes -> Blender camera axes (Blender looks down -Z with +Y up).
+_FLIP_YZ = np.diag([1.0, -1.0, -1.0, 1.0])
+
+
+@dataclass
+class CameraFrame:
+    frame_index: int
+    image: str
+    width: int
+    height: int
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    world_to_camera: np.ndarray  # [4, 4] OpenCV
+    mask: str | None = None
+    distortion: dict = field(default_factory=lambda: {"model": "PINHOLE", "params": []})
+
+    def __post_init__(self):
+        self.world_to_camera = np.asarray(self.world_to_camera, dtype=np.float64).reshape(4, 4)
+
+    @property
+    def K(self) -> np.ndarray:
+        """[3, 3] pinhole intrinsics in pixels."""
+        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
+
+    @property
+    def camera_to_world(self) -> np.ndarray:
+        return np.linalg.inv(self.world_to_camera)
+
+    @property
+    def center(self) -> np.ndarray:
+        """[3] camera centre in world coordinates."""
+        return self.camera_to_world[:3, 3]
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["world_to_camera"] = self.world_to_camera.tolist()
+        return d
+
+
+def project_points(points: np.ndarray, cam: CameraFrame, distort: bool = True):
+    """Project world points [P, 3] to pixels. Returns (uv [P, 2], depth [P]).
+
+    Pixel centres are at integer + 0.5 (COLMAP/OpenCV continuous convention).
+    SIMPLE_RADIAL / RADIAL distortion is applied when `distort`.
+    """
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    cam_pts = pts @ cam.world_to_camera[:3, :3].T + cam.world_to_camera[:3, 3]
+    z = cam_pts[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x, y = cam_pts[:, 0] / z, cam_pts[:, 1] / z
+    if distort:
+        model, params = cam.distortion.get("model"), cam.distortion.get("params", [])
+        if model in ("SIMPLE_RADIAL", "RADIAL") and params:
+            r2 = x * x + y * y
+            factor = 1.0 + params[0] * r2 + (params[1] * r2 * r2 if model == "RADIAL" and len(params) > 1 else 0.0)
+            x, y = x * factor, y * factor
+    uv = np.stack([cam.fx * x + cam.cx, cam.fy * y + cam.cy], axis=1)
+    return uv, z
+
+
+def opencv_w2c_to_blender_c2w(w2c: np.ndarray) -> np.ndarray:
+    """World->camera (OpenCV axes) to Blender's camera->world (camera looks down -Z, +Y up)."""
+    return np.linalg.inv(np.asarray(w2c, dtype=np.float64)) @ _FLIP_YZ
+
+
+def blender_c2w_to_opencv_w2c(c2w: np.ndarray) -> np.ndarray:
+    return np.linalg.inv(np.asarray(c2w, dtype=np.float64) @ _FLIP_YZ)
+
+
+def read_cameras_json(path) -> list[CameraFrame]:
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror}") from None
+    except ValueError:
+        raise ValueError(f"{path} is not valid JSON") from None
+    if not isinstance(doc, dict) or doc.get("convention") != "opencv" or not isinstance(doc.get("frames"), list):
+        raise ValueError(f"{path} is not a FaceSplat cameras.json (expected convention 'opencv' and a frames list)")
+    names = set(CameraFrame.__dataclass_fields__)
+    try:
+        return [CameraFrame(**{k: v for k, v in f.items() if k in names}) for f in doc["frames"]]
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: a frame entry is malformed ({e})") from None
+
+
+def write_cameras_json(path, frames: list[CameraFrame], **extra) -> Path:
+    path = Path(path)
+    doc = {"convention": "opencv", "matrix": "world_to_camera", **extra,
+           "frames": [f.to_json() for f in frames]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

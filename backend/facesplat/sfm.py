@@ -1,0 +1,196 @@
+"""Stage 3: structure from motion with COLMAP (pycolmap) on the full frames.
+
+SIMPLE_RADIAL, one camera shared by all frames, exhaustive matching for small frame counts and
+sequential matching above, incremental mapping, keep the largest model. The result is then
+re-expressed in a head-centred world frame (see `head_frame_similarity`) so the splat lands
+upright at the origin in Blender, at roughly metric scale.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+
+from .config import SfmConfig
+from .core.cameras import CameraFrame, write_cameras_json
+from .core.events import EventWriter
+from .errors import Cancelled, StageError
+from .workspace import Workspace, atomic_write_bytes
+
+# Typical phone-at-arm's-length distance; sets the scale of the (scale-free) reconstruction.
+ASSUMED_CAMERA_DISTANCE_M = 0.5
+
+
+def reconstruct(frames: list[dict], masks: list[dict], ws: Workspace, cfg: SfmConfig,
+                events: EventWriter | None = None, cancel=None) -> dict:
+    """Register `frames` with pycolmap; write cameras.json and points.npz. Returns a summary."""
+    emit = events.emit if events else (lambda *a, **k: None)
+    n = len(frames)
+    if ws.sfm_dir.exists():
+        shutil.rmtree(ws.sfm_dir)  # a previous, unfinished attempt: start the stage clean
+    ws.sfm_dir.mkdir(parents=True)
+    database = ws.sfm_dir / "database.db"
+    image_names = [Path(f["image"]).name for f in frames]
+    token = pycolmap.CancellationToken()
+    if cancel is not None:
+        cancel.append(token.cancel)
+
+    emit("sfm", 0.0, f"extracting features from {n} frames")
+    extraction = pycolmap.FeatureExtractionOptions()
+    extraction.sift.max_num_features = cfg.max_num_features
+    pycolmap.extract_features(
+        database, ws.frames_dir, image_names=image_names,
+        camera_mode=pycolmap.CameraMode.SINGLE,  # AUTO silently drops the shared camera
+        reader_options=pycolmap.ImageReaderOptions(camera_model="SIMPLE_RADIAL"),
+        extraction_options=extraction, device=pycolmap.Device.cpu, cancellation_token=token)
+    _raise_if_cancelled(token)
+
+    exhaustive = n <= cfg.exhaustive_max_frames
+    emit("sfm", 0.25, f"matching features ({'exhaustive' if exhaustive else 'sequential'})")
+    if exhaustive:
+        pycolmap.match_exhaustive(database, device=pycolmap.Device.cpu, cancellation_token=token)
+    else:
+        pairing = pycolmap.SequentialPairingOptions(overlap=cfg.sequential_overlap, loop_detection=False)
+        pycolmap.match_sequential(database, pairing_options=pairing, device=pycolmap.Device.cpu,
+                                  cancellation_token=token)
+    _raise_if_cancelled(token)
+
+    emit("sfm", 0.5, "incremental mapping")
+    registered = [0]
+
+    def next_image():
+        registered[0] += 1
+        emit("sfm", 0.5 + 0.45 * min(1.0, registered[0] / n), f"registered {registered[0]} of {n} frames")
+
+    options = pycolmap.IncrementalPipelineOptions()
+    options.random_seed = 0
+    models = pycolmap.incremental_mapping(database, ws.frames_dir, ws.sfm_dir, options=options,
+                                          next_image_callback=next_image, cancellation_token=token)
+    _raise_if_cancelled(token)
+    if not models:
+        raise StageError(f"structure from motion registered none of the {n} frames; "
+                         "try a slower orbit with more overlap, more texture in the background, or more --num-frames")
+    best = max(models.values(), key=lambda r: r.num_reg_images())
+    num_registered = best.num_reg_images()
+    if num_registered < max(3, cfg.min_registered_fraction * n):
+        raise StageError(f"structure from motion registered only {num_registered} of {n} frames; "
+                         "try a slower orbit with more overlap, sharper (less blurred) video, or more --num-frames")
+
+    by_name = {Path(f["image"]).name: f for f in frames}
+    mask_by_index = {m["frame_index"]: m for m in masks}
+    cameras, centers, dirs = _cameras_from_model(best, by_name, mask_by_index)
+    xyz = np.array([p.xyz for p in best.points3D.values()], dtype=np.float64).reshape(-1, 3)
+    rgb = np.array([p.color for p in best.points3D.values()], dtype=np.uint8).reshape(-1, 3)
+
+    scale, rotation, translation = head_frame_similarity(cameras, centers, dirs)
+    cameras = [_transform_camera(c, scale, rotation, translation) for c in cameras]
+    xyz = scale * xyz @ rotation.T + translation
+
+    kept_dir = ws.sfm_dir / "model"
+    kept_dir.mkdir(exist_ok=True)
+    best.write(kept_dir)  # COLMAP's own frame, for inspection with COLMAP tools
+    write_cameras_json(ws.cameras_json, cameras, sfm_to_world={
+        "scale": scale, "rotation": rotation.tolist(), "translation": translation.tolist()})
+    _save_points(ws.points_npz, xyz.astype(np.float32), rgb)
+    summary = {
+        "frames_registered": num_registered,
+        "mean_reprojection_error_px": float(best.compute_mean_reprojection_error()),
+        "sparse_points": int(len(xyz)),
+        "models_found": len(models),
+        "matching": "exhaustive" if exhaustive else "sequential",
+    }
+    emit("sfm", 1.0, f"registered {num_registered} of {n} frames, {len(xyz)} points")
+    return summary
+
+
+def _raise_if_cancelled(token) -> None:
+    if token.is_cancelled():
+        raise Cancelled("structure from motion was interrupted; run the same command again to resume")
+
+
+def _cameras_from_model(rec, by_name, mask_by_index):
+    """CameraFrames in COLMAP's frame + per-camera ray towards the head (mask centre) for framing."""
+    cameras, centers, dirs = [], [], []
+    for image in sorted(rec.images.values(), key=lambda im: im.name):
+        if not image.has_pose or image.name not in by_name:
+            continue
+        cam = image.camera
+        params = list(cam.params)  # SIMPLE_RADIAL: f, cx, cy, k
+        pose = image.cam_from_world()
+        w2c = np.eye(4)
+        w2c[:3, :4] = pose.matrix()
+        frame = by_name[image.name]
+        mask = mask_by_index.get(frame["frame_index"])
+        cf = CameraFrame(
+            frame_index=frame["frame_index"], image=frame["image"],
+            mask=mask["mask"] if mask else None,
+            width=cam.width, height=cam.height, fx=params[0], fy=params[0], cx=params[1], cy=params[2],
+            distortion={"model": cam.model_name, "params": params[3:]},
+            world_to_camera=w2c)
+        cameras.append(cf)
+        centers.append(cf.center)
+        # Ray through the mask centre (falls back to the principal point): points at the head.
+        u, v = mask["center"] if mask else (cf.cx, cf.cy)
+        ray_cam = np.array([(u - cf.cx) / cf.fx, (v - cf.cy) / cf.fy, 1.0])
+        ray = cf.camera_to_world[:3, :3] @ ray_cam
+        dirs.append(ray / np.linalg.norm(ray))
+    return cameras, np.array(centers), np.array(dirs)
+
+
+def head_frame_similarity(cameras, centers, dirs):
+    """Similarity (s, R, t) mapping COLMAP's frame to a head frame: x' = s R x + t.
+
+    Origin: the point closest (least squares) to all camera rays through the head masks' centres.
+    Up (+Z): the mean of the cameras' up vectors (-y of each OpenCV camera). Front (-Y): the mean
+    viewing direction reversed, so the face looks towards -Y as in Blender's front view.
+    Scale: the median camera distance becomes ASSUMED_CAMERA_DISTANCE_M.
+    """
+    # Closest point to lines c_i + t d_i: sum (I - d d^T) p = sum (I - d d^T) c.
+    A = np.zeros((3, 3))
+    b = np.zeros(3)
+    for c, d in zip(centers, dirs):
+        P = np.eye(3) - np.outer(d, d)
+        A += P
+        b += P @ c
+    head = np.linalg.lstsq(A, b, rcond=None)[0]
+    up = -np.mean([cam.camera_to_world[:3, 1] for cam in cameras], axis=0)
+    up /= np.linalg.norm(up)
+    # Cameras sit in front of the face: head -> mean camera position is the face direction.
+    front = np.mean(centers, axis=0) - head
+    front -= up * (front @ up)
+    if np.linalg.norm(front) < 1e-9:
+        front = np.cross(up, [1.0, 0.0, 0.0])
+    front /= np.linalg.norm(front)
+    y_axis = -front  # Blender convention: the face looks towards -Y
+    x_axis = np.cross(y_axis, up)
+    rotation = np.stack([x_axis, y_axis, up])  # rows: new axes in old coordinates
+    distance = np.median(np.linalg.norm(centers - head, axis=1))
+    scale = ASSUMED_CAMERA_DISTANCE_M / max(distance, 1e-12)
+    translation = -scale * rotation @ head
+    return float(scale), rotation, translation
+
+
+def _transform_camera(cam: CameraFrame, s: float, R: np.ndarray, t: np.ndarray) -> CameraFrame:
+    """Camera after the world moves by x' = s R x + t (projection unchanged)."""
+    w2c = cam.world_to_camera
+    Rc, tc = w2c[:3, :3], w2c[:3, 3]
+    new = np.eye(4)
+    new[:3, :3] = Rc @ R.T
+    new[:3, 3] = s * tc - Rc @ R.T @ t
+    cam.world_to_camera = new
+    return cam
+
+
+def _save_points(path: Path, xyz: np.ndarray, rgb: np.ndarray) -> None:
+    import io
+    buf = io.BytesIO()
+    np.savez(buf, xyz=xyz, rgb=rgb)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_points(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path) as data:
+        return data["xyz"], data["rgb"]

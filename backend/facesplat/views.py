@@ -1,0 +1,89 @@
+"""Registered views as tensors: undistorted frame, soft head mask, camera, and the head's box.
+
+Shared by training, isolation and the benchmark. The rasterizer is a pinhole, so frames and
+masks are undistorted with the SfM camera's radial term once, on load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from .core.cameras import CameraFrame
+
+
+@dataclass
+class View:
+    camera: CameraFrame
+    image: torch.Tensor    # [H, W, 3] float in 0..1, undistorted
+    mask: torch.Tensor     # [H, W, 1] float in 0..1, undistorted
+    viewmat: torch.Tensor  # [4, 4] world->camera, OpenCV
+    K: torch.Tensor        # [3, 3]
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1: the head mask's box plus margin
+
+    @property
+    def width(self) -> int:
+        return self.camera.width
+
+    @property
+    def height(self) -> int:
+        return self.camera.height
+
+    def crop(self):
+        """(image, mask, K, width, height) of the head box: what the loss needs, nothing more."""
+        x0, y0, x1, y1 = self.box
+        K = self.K.clone()
+        K[0, 2] -= x0
+        K[1, 2] -= y0
+        return self.image[y0:y1, x0:x1], self.mask[y0:y1, x0:x1], K, x1 - x0, y1 - y0
+
+
+def undistort(img: np.ndarray, cam: CameraFrame, interpolation=cv2.INTER_LINEAR) -> np.ndarray:
+    params = cam.distortion.get("params") or []
+    if not params or all(abs(p) < 1e-12 for p in params):
+        return img
+    dist = np.zeros(5)
+    dist[0] = params[0]
+    if cam.distortion.get("model") == "RADIAL" and len(params) > 1:
+        dist[1] = params[1]
+    map1, map2 = cv2.initUndistortRectifyMap(cam.K, dist, None, cam.K, (cam.width, cam.height), cv2.CV_32FC1)
+    return cv2.remap(img, map1, map2, interpolation, borderMode=cv2.BORDER_REPLICATE)
+
+
+def head_box(mask: np.ndarray, margin: float) -> tuple[int, int, int, int]:
+    """Bounding box of mask > 0.05, grown by `margin` of its size on each side, clamped."""
+    h, w = mask.shape[:2]
+    ys, xs = np.nonzero(mask > 0.05)
+    if len(xs) == 0:
+        return 0, 0, w, h
+    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    mx, my = margin * (x1 - x0), margin * (y1 - y0)
+    return (int(max(0, x0 - mx)), int(max(0, y0 - my)), int(min(w, x1 + mx)), int(min(h, y1 + my)))
+
+
+def load_view(root, cam: CameraFrame, device, margin: float = 0.1) -> View:
+    bgr = cv2.imread(str(root / cam.image), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FileNotFoundError(root / cam.image)
+    if cam.mask:
+        mask = cv2.imread(str(root / cam.mask), cv2.IMREAD_GRAYSCALE)
+    else:
+        mask = np.full(bgr.shape[:2], 255, np.uint8)
+    rgb = undistort(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), cam)
+    mask = undistort(mask, cam)
+    mask_f = mask.astype(np.float32) / 255.0
+    return View(
+        camera=cam,
+        image=torch.from_numpy(rgb.astype(np.float32) / 255.0).to(device),
+        mask=torch.from_numpy(mask_f[..., None]).to(device),
+        viewmat=torch.from_numpy(cam.world_to_camera.astype(np.float32)).to(device),
+        K=torch.from_numpy(cam.K.astype(np.float32)).to(device),
+        box=head_box(mask_f, margin),
+    )
+
+
+def load_views(root, cameras: list[CameraFrame], device, margin: float = 0.1) -> list[View]:
+    return [load_view(root, cam, device, margin) for cam in cameras]
