@@ -166,6 +166,9 @@ def read_splat_ply(path) -> Splats:
         if elements_before:
             raise PlyFormatError(f"{path}: elements before 'vertex' are not supported in a splat file")
         names = [p[0] for p in props]
+        duplicates = sorted({nm for nm in names if names.count(nm) > 1})
+        if duplicates:
+            raise PlyFormatError(f"{path}: vertex properties declared twice: {', '.join(duplicates)}")
         missing = [r for r in REQUIRED if r not in names]
         if missing:
             raise PlyFormatError(f"{path}: missing properties {', '.join(missing)}; this is not a 3DGS splat file")
@@ -176,7 +179,10 @@ def read_splat_ply(path) -> Splats:
                 f"{path}: header promises {n} Gaussians ({expected} bytes) but only "
                 f"{file_size - data_start} bytes follow; the file is truncated or corrupt")
         data = np.fromfile(f, dtype=dtype, count=n)
-    rest = sorted((nm for nm in names if nm.startswith("f_rest_")), key=lambda s: int(s[7:]))
+    rest = [nm for nm in names if nm.startswith("f_rest_")]
+    if not all(nm[7:].isdigit() for nm in rest):
+        raise PlyFormatError(f"{path}: malformed SH property names {', '.join(nm for nm in rest if not nm[7:].isdigit())}")
+    rest.sort(key=lambda s: int(s[7:]))
     if len(rest) not in (0, 9, 24, 45) or rest != [f"f_rest_{i}" for i in range(len(rest))]:
         raise PlyFormatError(f"{path}: {len(rest)} f_rest properties; expected 0, 9, 24 or 45 (SH degree 0-3)")
     k = len(rest) // 3
