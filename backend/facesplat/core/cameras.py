@@ -128,3 +128,27 @@ def write_cameras_json(path, frames: list[CameraFrame], **extra) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def blender_camera_intrinsics(fx: float, fy: float, cx: float, cy: float, width: int, height: int,
+                              sensor_width: float = 36.0) -> dict:
+    """Blender camera and render settings that reproduce a pinhole camera given in pixels.
+
+    With the sensor fitted horizontally, Blender's view plane is `width` pixels wide at focal
+    length `lens * width / sensor_width` pixels, and its lens shift is a fraction of the width
+    (both shift_x and shift_y). Unequal fx, fy become a render pixel aspect (ycor = fx / fy).
+    Lens distortion has no Blender camera equivalent and is ignored.
+    Returns {lens, sensor_width, sensor_fit, shift_x, shift_y, pixel_aspect_x, pixel_aspect_y}.
+    """
+    ycor = fx / fy  # height of one pixel in Blender's view-plane units (x pixels are 1 unit)
+    return {
+        "lens": fx * sensor_width / width,
+        "sensor_width": sensor_width,
+        "sensor_fit": "HORIZONTAL",
+        # OpenCV puts the principal point at (cx, cy) from the top-left; Blender shifts the
+        # window from the centre, with +y up.
+        "shift_x": (0.5 * width - cx) / width,
+        "shift_y": ycor * (cy - 0.5 * height) / width,
+        "pixel_aspect_x": max(1.0, 1.0 / ycor),  # Blender wants both >= 1
+        "pixel_aspect_y": max(1.0, ycor),
+    }

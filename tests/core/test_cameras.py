@@ -1,0 +1,102 @@
+"""core.cameras: cameras.json round trip, projection, and the OpenCV <-> Blender conversions."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "backend"))
+
+from facesplat.core.cameras import (CameraFrame, blender_c2w_to_opencv_w2c, blender_camera_intrinsics,  # noqa: E402
+                                    opencv_w2c_to_blender_c2w, project_points, read_cameras_json,
+                                    write_cameras_json)
+
+
+def look_at_w2c(eye, target, up=(0, 0, 1)) -> np.ndarray:
+    """World->camera (OpenCV: x right, y down, z forward) for a camera at `eye` looking at `target`."""
+    z = np.subtract(target, eye, dtype=float)
+    z /= np.linalg.norm(z)
+    x = np.cross(z, up)
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    R = np.stack([x, y, z])
+    w2c = np.eye(4)
+    w2c[:3, :3], w2c[:3, 3] = R, -R @ np.asarray(eye, float)
+    return w2c
+
+
+def frame(**kw) -> CameraFrame:
+    base = dict(frame_index=3, image="frames/000003.png", width=640, height=360, fx=500.0, fy=500.0,
+                cx=330.0, cy=170.0, world_to_camera=look_at_w2c([1, -2, 0.5], [0, 0, 0]))
+    return CameraFrame(**{**base, **kw})
+
+
+def test_json_round_trip(tmp_path):
+    frames = [frame(), frame(frame_index=9, image="frames/000009.png", mask="masks/000009.png",
+                             distortion={"model": "SIMPLE_RADIAL", "params": [0.01]})]
+    path = write_cameras_json(tmp_path / "cameras.json", frames, source="video.mp4")
+    doc = json.loads(path.read_text())
+    assert doc["convention"] == "opencv" and doc["matrix"] == "world_to_camera" and doc["source"] == "video.mp4"
+    back = read_cameras_json(path)
+    assert [f.frame_index for f in back] == [3, 9]
+    np.testing.assert_array_equal(back[1].world_to_camera, frames[1].world_to_camera)
+    assert back[1].distortion == {"model": "SIMPLE_RADIAL", "params": [0.01]}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("not json", "not valid JSON"),
+    ('{"frames": []}', "not a FaceSplat cameras.json"),
+    ('{"convention": "opencv", "frames": [{"frame_index": 1}]}', "malformed"),
+])
+def test_bad_cameras_json(tmp_path, text, message):
+    (tmp_path / "c.json").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_cameras_json(tmp_path / "c.json")
+
+
+def test_projection_of_the_target_and_of_an_offset_point():
+    cam = frame()
+    uv, depth = project_points(np.zeros((1, 3)), cam)
+    np.testing.assert_allclose(uv[0], [cam.cx, cam.cy], atol=1e-9)
+    assert depth[0] == pytest.approx(np.linalg.norm([1, -2, 0.5]))
+    # A point 0.1 along the camera's x (right) and y (down) axes lands right and down.
+    right, down = cam.camera_to_world[:3, 0], cam.camera_to_world[:3, 1]
+    uv, depth = project_points((0.1 * right + 0.1 * down)[None], cam)
+    np.testing.assert_allclose(uv[0], [cam.cx + cam.fx * 0.1 / depth[0], cam.cy + cam.fy * 0.1 / depth[0]])
+
+
+def test_blender_conversion_round_trip_and_axes():
+    w2c = frame().world_to_camera
+    c2w = opencv_w2c_to_blender_c2w(w2c)
+    np.testing.assert_allclose(blender_c2w_to_opencv_w2c(c2w), w2c, atol=1e-12)
+    # Blender cameras look down their local -Z, with +Y up (= OpenCV's -y).
+    np.testing.assert_allclose(-c2w[:3, 2], frame().camera_to_world[:3, 2], atol=1e-12)
+    np.testing.assert_allclose(c2w[:3, 1], -frame().camera_to_world[:3, 1], atol=1e-12)
+    np.testing.assert_allclose(c2w[:3, 3], frame().center)
+
+
+def blender_pixel(p_cam, settings, width, height):
+    """Blender's pinhole projection (BKE_camera_params_compute_viewplane, horizontal sensor fit),
+    for a point in Blender camera space -> continuous pixel (u right, v down from the top-left)."""
+    ycor = settings["pixel_aspect_y"] / settings["pixel_aspect_x"]
+    f_px = settings["lens"] * width / settings["sensor_width"]     # view-plane units per unit depth
+    depth = -p_cam[2]
+    xv, yv = f_px * p_cam[0] / depth, f_px * p_cam[1] / depth
+    dx, dy = settings["shift_x"] * width, settings["shift_y"] * width
+    xmin, ymin = -0.5 * width + dx, -0.5 * ycor * height + dy
+    return np.array([xv - xmin, height - (yv - ymin) / ycor])
+
+
+@pytest.mark.parametrize("fy", [500.0, 530.0, 470.0])
+def test_blender_intrinsics_reproduce_the_projection(fy):
+    cam = frame(fy=fy)
+    settings = blender_camera_intrinsics(cam.fx, cam.fy, cam.cx, cam.cy, cam.width, cam.height)
+    assert settings["pixel_aspect_x"] >= 1 and settings["pixel_aspect_y"] >= 1
+    c2w = opencv_w2c_to_blender_c2w(cam.world_to_camera)
+    pts = np.random.default_rng(0).uniform(-0.3, 0.3, size=(20, 3))
+    uv, _ = project_points(pts, cam)
+    p_cam = (np.linalg.inv(c2w) @ np.c_[pts, np.ones(len(pts))].T).T[:, :3]
+    got = np.array([blender_pixel(p, settings, cam.width, cam.height) for p in p_cam])
+    np.testing.assert_allclose(got, uv, atol=1e-6)
