@@ -20,6 +20,8 @@ from .core.events import EventWriter
 from .errors import Cancelled, StageError
 from .workspace import Workspace, atomic_write_bytes
 
+pycolmap.logging.minloglevel = 2  # COLMAP's INFO/WARNING flood; progress goes through events
+
 # Typical phone-at-arm's-length distance; sets the scale of the (scale-free) reconstruction.
 ASSUMED_CAMERA_DISTANCE_M = 0.5
 
@@ -41,6 +43,7 @@ def reconstruct(frames: list[dict], masks: list[dict], ws: Workspace, cfg: SfmCo
     emit("sfm", 0.0, f"extracting features from {n} frames")
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.sift.max_num_features = cfg.max_num_features
+    extraction.sift.peak_threshold = cfg.peak_threshold
     pycolmap.extract_features(
         database, ws.frames_dir, image_names=image_names,
         camera_mode=pycolmap.CameraMode.SINGLE,  # AUTO silently drops the shared camera
@@ -67,6 +70,10 @@ def reconstruct(frames: list[dict], masks: list[dict], ws: Workspace, cfg: SfmCo
 
     options = pycolmap.IncrementalPipelineOptions()
     options.random_seed = 0
+    # Small frames carry few features: accept smaller (still verified) inlier sets.
+    options.mapper.init_min_num_inliers = 4 * cfg.min_pose_inliers
+    options.mapper.abs_pose_min_num_inliers = cfg.min_pose_inliers
+    options.mapper.abs_pose_min_inlier_ratio = 0.15
     models = pycolmap.incremental_mapping(database, ws.frames_dir, ws.sfm_dir, options=options,
                                           next_image_callback=next_image, cancellation_token=token)
     _raise_if_cancelled(token)
@@ -107,7 +114,7 @@ def reconstruct(frames: list[dict], masks: list[dict], ws: Workspace, cfg: SfmCo
 
 
 def _raise_if_cancelled(token) -> None:
-    if token.is_cancelled():
+    if token.is_cancelled:
         raise Cancelled("structure from motion was interrupted; run the same command again to resume")
 
 
