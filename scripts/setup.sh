@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv and install everything the backend, the demo and the tests need.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# A local CPU wheel of torch 2.13.0 exists on our machines; elsewhere pip picks the platform's build.
+if ! python -c "import torch" 2>/dev/null; then
+    python -m pip install -q "torch==2.13.0" || python -m pip install -q torch
+fi
+python -m pip install -q -r requirements.txt
+python -m pip install -q --no-deps -e backend
