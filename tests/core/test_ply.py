@@ -113,3 +113,17 @@ def test_bad_files_raise_one_line_format_error(tmp_path, case):
 def test_missing_file(tmp_path):
     with pytest.raises(PlyFormatError, match="cannot open"):
         read_splat_ply(tmp_path / "nope.ply")
+
+
+@pytest.mark.parametrize("degree", [0, 3])
+def test_attribute_columns_round_trip(degree):
+    from facesplat.core.ply import attribute_columns, splats_from_columns
+
+    splats = random_splats(40, degree)
+    columns = attribute_columns(splats)
+    assert list(columns) == property_names(degree)[6:]
+    assert all(c.dtype == np.float32 and c.flags.c_contiguous and c.shape == (40,) for c in columns.values())
+    assert_same(splats_from_columns(splats.means, columns), splats)
+    del columns["opacity"]
+    with pytest.raises(ValueError, match="missing 3DGS attributes: opacity"):
+        splats_from_columns(splats.means, columns)

@@ -78,6 +78,34 @@ def property_names(degree: int) -> list[str]:
             + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
 
 
+def attribute_columns(splats: Splats) -> dict[str, np.ndarray]:
+    """Every per-Gaussian property except positions and normals, as contiguous float32 [N]
+    columns named and ordered as in the file (f_dc_*, f_rest_*, opacity, scale_*, rot_*)."""
+    n, k = len(splats), splats.shN.shape[1]
+    rest = splats.shN.transpose(0, 2, 1).reshape(n, 3 * k)  # channel-major, as in the file
+    table = np.concatenate([splats.sh0, rest, splats.opacities[:, None], splats.scales, splats.quats], axis=1)
+    names = property_names(splats.sh_degree)[6:]
+    return {name: np.ascontiguousarray(table[:, i]) for i, name in enumerate(names)}
+
+
+def splats_from_columns(means: np.ndarray, columns: dict) -> Splats:
+    """Inverse of attribute_columns: the SH degree follows from the f_rest_* columns present.
+    Raises ValueError naming the missing columns."""
+    k = len([c for c in columns if c.startswith("f_rest_")]) // 3
+    degree = {0: 0, 3: 1, 8: 2, 15: 3}.get(k)
+    if degree is None:
+        raise ValueError(f"{3 * k} f_rest columns; expected 0, 9, 24 or 45 (SH degree 0-3)")
+    names = property_names(degree)[6:]
+    missing = [name for name in names if name not in columns]
+    if missing:
+        raise ValueError(f"missing 3DGS attributes: {', '.join(missing)}")
+    n = len(means)
+    table = np.stack([np.asarray(columns[name], np.float32).reshape(n) for name in names], axis=1)
+    base = 3 + 3 * k
+    return Splats(means=means, sh0=table[:, 0:3], shN=table[:, 3:base].reshape(n, 3, k).transpose(0, 2, 1),
+                  opacities=table[:, base], scales=table[:, base + 1:base + 4], quats=table[:, base + 4:base + 8])
+
+
 def splats_to_ply_bytes(splats: Splats) -> bytes:
     names = property_names(splats.sh_degree)
     n = len(splats)
