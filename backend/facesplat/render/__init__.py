@@ -1,0 +1,101 @@
+"""Differentiable Gaussian rasterization: one call, several backends.
+
+- "gsplat": gsplat's CUDA kernels (CUDA tensors, gsplat installed);
+- "cpu": numba kernels with an analytic backward (CPU tensors);
+- "torch": plain PyTorch with autograd; the reference, and the route on Apple MPS.
+
+All three follow gsplat's conventions (see `projection.py`) and return gsplat's unpacked `info`,
+so gsplat's `DefaultStrategy` densifies with any of them.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+import torch
+from torch import Tensor
+
+from ..errors import DeviceError
+
+BACKENDS = ("gsplat", "cpu", "torch")
+_DEVICE_OF = {"gsplat": "cuda", "cpu": "cpu"}  # the torch backend runs on any device
+
+
+def available_backends() -> list[str]:
+    """Backends usable in this environment, in the order "auto" prefers them."""
+    return list(_available())
+
+
+@functools.cache
+def _available() -> tuple[str, ...]:
+    found = []
+    if torch.cuda.is_available():
+        try:
+            import gsplat  # noqa: F401  (imports, but compiles its CUDA code only on first use)
+
+            found.append("gsplat")
+        except ImportError:
+            pass
+    if importlib.util.find_spec("numba") is not None:
+        found.append("cpu")
+    found.append("torch")
+    return tuple(found)
+
+
+def rasterize(
+    means: Tensor,  # [N, 3] world positions
+    quats: Tensor,  # [N, 4] w, x, y, z; normalised inside
+    scales: Tensor,  # [N, 3] activated (exp'ed)
+    opacities: Tensor,  # [N] activated (sigmoid'ed)
+    colors: Tensor,  # [N, K, 3] SH coefficients if sh_degree is not None, else [N, D] features
+    viewmat: Tensor,  # [4, 4] world->camera, OpenCV axes (x right, y down, z forward)
+    K: Tensor,  # [3, 3] pinhole intrinsics in pixels
+    width: int,
+    height: int,
+    sh_degree: int | None = None,  # use the first (sh_degree + 1)^2 coefficients of `colors`
+    backgrounds: Tensor | None = None,  # [D] composited behind: image = sum w c + T * bg
+    backend: str = "auto",  # "auto" | "gsplat" | "cpu" | "torch"
+) -> tuple[Tensor, Tensor, dict]:
+    """Render one view. Returns render [H, W, D], alpha [H, W, 1] and gsplat's `info`:
+    means2d [1, N, 2] (in the graph; call .retain_grad() before backward), radii [1, N, 2] int32
+    (0 = culled), depths [1, N], width, height, n_cameras = 1, gaussian_ids = None.
+
+    "auto" picks gsplat for CUDA tensors when it imports, cpu for CPU tensors, else torch (MPS,
+    or CUDA without gsplat).
+    """
+    N = means.shape[0]
+    assert means.shape == (N, 3), means.shape
+    assert quats.shape == (N, 4), quats.shape
+    assert scales.shape == (N, 3), scales.shape
+    assert opacities.shape == (N,), opacities.shape
+    if sh_degree is None:
+        assert colors.dim() == 2 and colors.shape[0] == N, colors.shape
+    else:
+        assert 0 <= sh_degree <= 3, sh_degree
+        assert colors.dim() == 3 and colors.shape[0] == N and colors.shape[2] == 3, colors.shape
+        assert colors.shape[1] >= (sh_degree + 1) ** 2, (colors.shape, sh_degree)
+    assert viewmat.shape == (4, 4), viewmat.shape
+    assert K.shape == (3, 3), K.shape
+    if backgrounds is not None:
+        assert backgrounds.shape == (colors.shape[-1],), backgrounds.shape
+
+    device = means.device.type
+    usable = [b for b in available_backends() if _DEVICE_OF.get(b, device) == device]
+    if backend == "auto":
+        backend = usable[0]
+    elif backend not in BACKENDS:
+        raise ValueError(f"unknown rasterizer backend {backend!r}; expected 'auto' or one of {BACKENDS}")
+    elif backend not in usable:
+        raise DeviceError(
+            f"rasterizer backend {backend!r} cannot render {device} tensors here. "
+            f"Try backend='auto' (usable: {', '.join(usable)})."
+        )
+
+    if backend == "gsplat":
+        from . import gsplat_backend as impl
+    elif backend == "cpu":
+        from . import cpu_backend as impl
+    else:
+        from . import torch_backend as impl
+    return impl.rasterize(means, quats, scales, opacities, colors, viewmat, K, width, height, sh_degree, backgrounds)

@@ -1,0 +1,234 @@
+"""Compiled CPU rasterizer: numba kernels for compositing, forward and analytic backward.
+
+Projection, SH and binning are the shared PyTorch code (autograd differentiates them); only the
+per-pixel compositing, which dominates the cost, is compiled. Each kernel runs `prange` over
+16x16 tiles, one tile per thread at a time, and walks each pixel's depth-sorted list:
+
+- forward, front to back, exactly as gsplat's CUDA kernel: skip alpha < 1/255, clamp alpha to
+  0.99, stop before the Gaussian that would leave T <= 1e-4. It saves per pixel the final T and
+  how many list entries it consumed (the last contributor + 1);
+- backward, back to front from that last contributor (3DGS / gsplat), recovering T by division.
+
+A (tile, Gaussian) list entry belongs to one tile, hence to one thread: the backward writes its
+gradients per entry without races, then `index_add_` sums entries into Gaussians. Kernels compute
+in float64 (the division that recovers T loses precision in float32).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from numba import njit, prange
+from torch import Tensor
+
+from .projection import ALPHA_MAX, ALPHA_MIN, T_MIN, TILE_SIZE, make_info, prepare
+
+
+def rasterize(
+    means: Tensor,  # [N, 3]
+    quats: Tensor,  # [N, 4]
+    scales: Tensor,  # [N, 3]
+    opacities: Tensor,  # [N]
+    colors: Tensor,  # [N, K, 3] SH if sh_degree is not None, else [N, D]
+    viewmat: Tensor,  # [4, 4] world->camera, OpenCV
+    K: Tensor,  # [3, 3]
+    width: int,
+    height: int,
+    sh_degree: int | None = None,
+    backgrounds: Tensor | None = None,  # [D]
+) -> tuple[Tensor, Tensor, dict]:  # [H, W, D], [H, W, 1], info
+    p = prepare(means, quats, scales, opacities, colors, viewmat, K, width, height, sh_degree)
+    render, alpha = composite(
+        p.means2d[0], p.conics, p.opacities, p.features, p.tile_offsets, p.gauss_ids, width, height, backgrounds
+    )
+    return render, alpha, make_info(p, width, height)
+
+
+def composite(
+    means2d: Tensor,  # [N, 2]
+    conics: Tensor,  # [N, 3]
+    opacities: Tensor,  # [N]
+    features: Tensor,  # [N, D]
+    tile_offsets: Tensor,  # [n_tiles + 1] int64
+    gauss_ids: Tensor,  # [M] int64, front to back within each tile
+    width: int,
+    height: int,
+    backgrounds: Tensor | None = None,  # [D]
+) -> tuple[Tensor, Tensor]:  # render [H, W, D], alpha [H, W, 1]
+    """Same contract as `torch_backend.composite`; CPU tensors only."""
+    if means2d.device.type != "cpu":
+        raise ValueError(f"the cpu backend needs CPU tensors, got {means2d.device}")
+    render, alpha = _Composite.apply(means2d, conics, opacities, features, tile_offsets, gauss_ids, width, height)
+    if backgrounds is not None:
+        # In torch, so that autograd routes the background's share into alpha's gradient.
+        render = render + (1.0 - alpha) * backgrounds
+    return render, alpha
+
+
+class _Composite(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means2d, conics, opacities, features, tile_offsets, gauss_ids, width, height):
+        inputs = _to_numpy(means2d, conics, opacities, features, tile_offsets, gauss_ids)
+        render = np.zeros((height, width, features.shape[1]))
+        T_final = np.ones((height, width))
+        n_used = np.zeros((height, width), dtype=np.int32)
+        _forward_kernel(*inputs, width, height, render, T_final, n_used)
+
+        ctx.save_for_backward(means2d, conics, opacities, features, tile_offsets, gauss_ids)
+        ctx.T_final, ctx.n_used, ctx.width, ctx.height = T_final, n_used, width, height
+        alpha = torch.from_numpy(1.0 - T_final)[..., None]
+        return torch.from_numpy(render).to(features.dtype), alpha.to(opacities.dtype)
+
+    @staticmethod
+    def backward(ctx, v_render, v_alpha):  # [H, W, D], [H, W, 1]
+        means2d, conics, opacities, features, tile_offsets, gauss_ids = ctx.saved_tensors
+        inputs = _to_numpy(means2d, conics, opacities, features, tile_offsets, gauss_ids)
+        M, D = gauss_ids.shape[0], features.shape[1]
+        # Gradients per list entry; each entry is written by the one thread that owns its tile.
+        v_means2d_e, v_conics_e = np.zeros((M, 2)), np.zeros((M, 3))
+        v_opacities_e, v_features_e = np.zeros(M), np.zeros((M, D))
+        _backward_kernel(
+            *inputs, ctx.width, ctx.height, ctx.T_final, ctx.n_used,
+            v_render.detach().double().contiguous().numpy(),
+            v_alpha.detach().double()[..., 0].contiguous().numpy(),
+            v_means2d_e, v_conics_e, v_opacities_e, v_features_e,
+        )  # fmt: skip
+
+        def per_gaussian(per_entry: np.ndarray, like: Tensor) -> Tensor:
+            summed = torch.zeros(like.shape, dtype=torch.float64).index_add_(0, gauss_ids, torch.from_numpy(per_entry))
+            return summed.to(like.dtype)
+
+        return (
+            per_gaussian(v_means2d_e, means2d),
+            per_gaussian(v_conics_e, conics),
+            per_gaussian(v_opacities_e, opacities),
+            per_gaussian(v_features_e, features),
+            None, None, None, None,
+        )  # fmt: skip
+
+
+def _to_numpy(means2d, conics, opacities, features, tile_offsets, gauss_ids) -> tuple[np.ndarray, ...]:
+    def f64(x: Tensor) -> np.ndarray:
+        return x.detach().to(torch.float64).contiguous().numpy()
+
+    return f64(means2d), f64(conics), f64(opacities), f64(features), tile_offsets.numpy(), gauss_ids.numpy()
+
+
+@njit(parallel=True, cache=True)
+def _forward_kernel(
+    means2d, conics, opacities, features,  # [N, 2], [N, 3], [N], [N, D] float64
+    tile_offsets, gauss_ids,  # [n_tiles + 1], [M] int64
+    width, height,
+    render, T_final, n_used,  # out: [H, W, D] zeros, [H, W] ones, [H, W] int32 zeros
+):  # fmt: skip
+    tiles_x = (width + TILE_SIZE - 1) // TILE_SIZE
+    D = features.shape[1]
+    for t in prange(tile_offsets.shape[0] - 1):
+        xy, abc, opac, sigma_cut, feat = _gather_tile(means2d, conics, opacities, features, tile_offsets, gauss_ids, t)
+        n = opac.shape[0]
+        if n == 0:
+            continue
+        x0, y0 = (t % tiles_x) * TILE_SIZE, (t // tiles_x) * TILE_SIZE
+        pix = np.empty(D)
+        for py in range(y0, min(y0 + TILE_SIZE, height)):
+            for px in range(x0, min(x0 + TILE_SIZE, width)):
+                for d in range(D):
+                    pix[d] = 0.0
+                T = 1.0
+                used = 0
+                for k in range(n):
+                    dx, dy = xy[k, 0] - (px + 0.5), xy[k, 1] - (py + 0.5)
+                    sigma = 0.5 * (abc[k, 0] * dx * dx + abc[k, 2] * dy * dy) + abc[k, 1] * dx * dy
+                    if sigma < 0.0 or sigma > sigma_cut[k]:
+                        continue
+                    alpha = min(ALPHA_MAX, opac[k] * math.exp(-sigma))
+                    if alpha < ALPHA_MIN:
+                        continue
+                    next_T = T * (1.0 - alpha)
+                    if next_T <= T_MIN:
+                        break
+                    w = alpha * T
+                    for d in range(D):
+                        pix[d] += feat[k, d] * w
+                    T = next_T
+                    used = k + 1
+                for d in range(D):
+                    render[py, px, d] = pix[d]
+                T_final[py, px] = T
+                n_used[py, px] = used
+
+
+@njit(parallel=True, cache=True)
+def _backward_kernel(
+    means2d, conics, opacities, features,  # [N, 2], [N, 3], [N], [N, D] float64
+    tile_offsets, gauss_ids,  # [n_tiles + 1], [M] int64
+    width, height,
+    T_final, n_used,  # [H, W], [H, W] saved by the forward
+    v_render, v_alpha,  # [H, W, D], [H, W] incoming gradients
+    v_means2d_e, v_conics_e, v_opacities_e, v_features_e,  # out, zeros: [M, 2], [M, 3], [M], [M, D]
+):  # fmt: skip
+    tiles_x = (width + TILE_SIZE - 1) // TILE_SIZE
+    D = features.shape[1]
+    for t in prange(tile_offsets.shape[0] - 1):
+        xy, abc, opac, sigma_cut, feat = _gather_tile(means2d, conics, opacities, features, tile_offsets, gauss_ids, t)
+        if opac.shape[0] == 0:
+            continue
+        start = tile_offsets[t]
+        x0, y0 = (t % tiles_x) * TILE_SIZE, (t // tiles_x) * TILE_SIZE
+        behind = np.empty(D)  # sum of feature * weight over the Gaussians behind the current one
+        for py in range(y0, min(y0 + TILE_SIZE, height)):
+            for px in range(x0, min(x0 + TILE_SIZE, width)):
+                T_end = T_final[py, px]
+                T = T_end
+                for d in range(D):
+                    behind[d] = 0.0
+                for k in range(n_used[py, px] - 1, -1, -1):
+                    dx, dy = xy[k, 0] - (px + 0.5), xy[k, 1] - (py + 0.5)
+                    sigma = 0.5 * (abc[k, 0] * dx * dx + abc[k, 2] * dy * dy) + abc[k, 1] * dx * dy
+                    if sigma < 0.0 or sigma > sigma_cut[k]:
+                        continue
+                    vis = math.exp(-sigma)
+                    alpha = min(ALPHA_MAX, opac[k] * vis)
+                    if alpha < ALPHA_MIN:
+                        continue
+                    ra = 1.0 / (1.0 - alpha)
+                    T *= ra  # now the transmittance in front of Gaussian k
+                    w = alpha * T
+                    # d(pixel)/d(alpha_k): its own colour, minus what it hides behind it; the
+                    # pixel's alpha is 1 - T_end, and T_end carries a factor (1 - alpha_k).
+                    v_a = T_end * ra * v_alpha[py, px]
+                    e = start + k
+                    for d in range(D):
+                        v_features_e[e, d] += w * v_render[py, px, d]
+                        v_a += (feat[k, d] * T - behind[d] * ra) * v_render[py, px, d]
+                        behind[d] += feat[k, d] * w
+                    if opac[k] * vis <= ALPHA_MAX:  # a clamped alpha passes no gradient
+                        v_sigma = -opac[k] * vis * v_a
+                        v_opacities_e[e] += vis * v_a
+                        v_conics_e[e, 0] += 0.5 * dx * dx * v_sigma
+                        v_conics_e[e, 1] += dx * dy * v_sigma
+                        v_conics_e[e, 2] += 0.5 * dy * dy * v_sigma
+                        v_means2d_e[e, 0] += v_sigma * (abc[k, 0] * dx + abc[k, 1] * dy)
+                        v_means2d_e[e, 1] += v_sigma * (abc[k, 1] * dx + abc[k, 2] * dy)
+
+
+@njit(cache=True)
+def _gather_tile(means2d, conics, opacities, features, tile_offsets, gauss_ids, t):
+    """Copy tile t's Gaussians into contiguous arrays (the inner loops read them 256 times)."""
+    start, end = tile_offsets[t], tile_offsets[t + 1]
+    n = end - start
+    xy, abc = np.empty((n, 2)), np.empty((n, 3))
+    opac, sigma_cut = np.empty(n), np.empty(n)
+    feat = np.empty((n, features.shape[1]))
+    for k in range(n):
+        g = gauss_ids[start + k]
+        xy[k, 0], xy[k, 1] = means2d[g, 0], means2d[g, 1]
+        abc[k, 0], abc[k, 1], abc[k, 2] = conics[g, 0], conics[g, 1], conics[g, 2]
+        opac[k] = opacities[g]
+        # Beyond this sigma, alpha < 1/255 for sure: skip without calling exp().
+        sigma_cut[k] = math.log(opacities[g] / ALPHA_MIN) + 1e-6
+        for d in range(features.shape[1]):
+            feat[k, d] = features[g, d]
+    return xy, abc, opac, sigma_cut, feat

@@ -1,0 +1,240 @@
+"""Shared PyTorch steps of every non-gsplat backend: EWA projection, SH colours, tile binning.
+
+Conventions follow gsplat 1.5.3 (`fully_fused_projection` in its CUDA code, `_torch_impl.py`),
+so that all backends draw the same image:
+
+- pinhole camera, OpenCV axes; a Gaussian is culled when its depth <= `NEAR_PLANE`;
+- `EPS2D` is added to the diagonal of the 2D covariance (a pixel-sized blur);
+- conics are the upper triangle (a, b, c) of the inverse 2D covariance [[a, b], [b, c]];
+- the pixel box of a Gaussian is gsplat's opacity-aware one: it bounds exactly the ellipse where
+  alpha >= 1/255, so tile binning never drops a pixel that the per-pixel loop would draw;
+- SH colours are `max(eval + 0.5, 0)`, viewed from the camera centre towards each mean.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+NEAR_PLANE = 0.01
+EPS2D = 0.3
+TILE_SIZE = 16
+ALPHA_MIN = 1.0 / 255.0
+"""A Gaussian whose alpha at a pixel is below this is skipped there."""
+ALPHA_MAX = 0.99
+"""Alpha is clamped to this (Inria's value; gsplat uses 0.999)."""
+T_MIN = 1e-4
+"""A pixel stops at the first Gaussian that would bring its transmittance to this or below."""
+MAX_EXTEND = 3.33
+"""Upper bound of the box half-size in standard deviations (gsplat's); only binds for opacity > 1."""
+
+# Real SH basis constants (Inria's `sh_utils.py`; gsplat uses the same basis).
+SH_C0 = 0.28209479177387814
+SH_C1 = 0.4886025119029199
+SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
+SH_C3 = (
+    -0.5900435899266435,
+    2.890611442640554,
+    -0.4570457994644658,
+    0.3731763325901154,
+    -0.4570457994644658,
+    1.445305721320277,
+    -0.5900435899266435,
+)
+
+
+class Projected(NamedTuple):
+    """Gaussians seen from one camera: what a compositor needs, plus what `info` reports."""
+
+    means2d: Tensor  # [1, N, 2] pixel centres; the tensor whose .grad DefaultStrategy reads
+    conics: Tensor  # [N, 3] inverse 2D covariance (a, b, c)
+    opacities: Tensor  # [N]
+    features: Tensor  # [N, D] colours (SH evaluated) or plain features
+    depths: Tensor  # [N] camera-space z
+    radii: Tensor  # [N, 2] int32 half-size of the pixel box in x, y; 0 = culled
+    tile_offsets: Tensor  # [n_tiles + 1] int64; tile t owns gauss_ids[tile_offsets[t]:tile_offsets[t+1]]
+    gauss_ids: Tensor  # [M] int64 Gaussian of each (tile, Gaussian) pair, front to back within a tile
+
+
+def quat_scale_to_covar(
+    quats: Tensor,  # [N, 4] w, x, y, z (any norm)
+    scales: Tensor,  # [N, 3]
+) -> Tensor:  # [N, 3, 3]
+    """Sigma = R S S^T R^T."""
+    w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
+    R = torch.stack(
+        [
+            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        ],
+        dim=-1,
+    ).reshape(-1, 3, 3)
+    M = R * scales[:, None, :]  # [N, 3, 3]
+    return M @ M.transpose(1, 2)
+
+
+def project_gaussians(
+    means: Tensor,  # [N, 3] world
+    quats: Tensor,  # [N, 4]
+    scales: Tensor,  # [N, 3]
+    opacities: Tensor,  # [N]
+    viewmat: Tensor,  # [4, 4] world->camera, OpenCV
+    K: Tensor,  # [3, 3]
+    width: int,
+    height: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """EWA splatting: returns means2d [N, 2], conics [N, 3], depths [N], radii [N, 2] int32."""
+    R, t = viewmat[:3, :3], viewmat[:3, 3]
+    means_c = means @ R.T + t  # [N, 3]
+    covars_c = R @ quat_scale_to_covar(quats, scales) @ R.T  # [N, 3, 3]
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+
+    tx, ty, tz = means_c.unbind(-1)  # [N]
+    in_front = tz > NEAR_PLANE
+    # Culled Gaussians stay in the graph; a safe depth keeps their (unused) values and grads finite.
+    tz = torch.where(in_front, tz, torch.ones_like(tz))
+    means2d = torch.stack([fx * tx / tz + cx, fy * ty / tz + cy], dim=-1)  # [N, 2]
+
+    # The Jacobian is taken at a point clamped to 1.3x the field of view (as in 3DGS and gsplat):
+    # far off-screen Gaussians would otherwise get huge, smeared footprints.
+    lim_x = 0.3 * 0.5 * width / fx
+    lim_y = 0.3 * 0.5 * height / fy
+    u = torch.clamp(tx / tz, min=-(cx / fx + lim_x), max=(width - cx) / fx + lim_x)  # [N]
+    v = torch.clamp(ty / tz, min=-(cy / fy + lim_y), max=(height - cy) / fy + lim_y)  # [N]
+    zero = torch.zeros_like(tz)
+    J = torch.stack([fx / tz, zero, -fx * u / tz, zero, fy / tz, -fy * v / tz], dim=-1).reshape(-1, 2, 3)
+    cov2d = J @ covars_c @ J.transpose(1, 2)  # [N, 2, 2]
+    cov2d = cov2d + EPS2D * torch.eye(2, dtype=cov2d.dtype, device=cov2d.device)
+
+    c00, c01, c11 = cov2d[:, 0, 0], 0.5 * (cov2d[:, 0, 1] + cov2d[:, 1, 0]), cov2d[:, 1, 1]
+    det = c00 * c11 - c01 * c01  # [N]
+    visible = in_front & (det > 0) & (opacities > ALPHA_MIN)
+    det = torch.where(visible, det, torch.ones_like(det))
+    conics = torch.stack([c11 / det, -c01 / det, c00 / det], dim=-1)  # [N, 3]
+
+    with torch.no_grad():
+        # alpha >= 1/255  <=>  d^T cov2d^-1 d <= extend^2, whose ellipse spans extend*sqrt(c00) in x.
+        extend = torch.sqrt(2.0 * torch.log(opacities.clamp_min(ALPHA_MIN) / ALPHA_MIN)).clamp_max(MAX_EXTEND)
+        radii = torch.ceil(extend[:, None] * torch.stack([c00, c11], -1).clamp_min(0).sqrt())  # [N, 2]
+        x, y = means2d.unbind(-1)
+        rx, ry = radii.unbind(-1)
+        on_screen = (x + rx > 0) & (x - rx < width) & (y + ry > 0) & (y - ry < height)
+        keep = visible & on_screen & (radii > 0).all(-1)
+        radii = torch.where(keep[:, None], radii, torch.zeros_like(radii)).to(torch.int32)
+    return means2d, conics, means_c[:, 2], radii
+
+
+def eval_sh(
+    degree: int,
+    dirs: Tensor,  # [N, 3] view directions (any norm)
+    coeffs: Tensor,  # [N, K, 3], K >= (degree + 1)^2
+) -> Tensor:  # [N, 3]
+    """Colours from SH coefficients: max(sum_k basis_k(dir) coeffs_k + 0.5, 0), degrees 0-3."""
+    assert 0 <= degree <= 3, degree
+    assert coeffs.shape[1] >= (degree + 1) ** 2, coeffs.shape
+    result = SH_C0 * coeffs[:, 0]
+    if degree > 0:
+        x, y, z = F.normalize(dirs, dim=-1).unbind(-1)
+        x, y, z = x[:, None], y[:, None], z[:, None]  # [N, 1] to broadcast over RGB
+        result = result - SH_C1 * y * coeffs[:, 1] + SH_C1 * z * coeffs[:, 2] - SH_C1 * x * coeffs[:, 3]
+        if degree > 1:
+            xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
+            result = (
+                result
+                + SH_C2[0] * xy * coeffs[:, 4]
+                + SH_C2[1] * yz * coeffs[:, 5]
+                + SH_C2[2] * (2.0 * zz - xx - yy) * coeffs[:, 6]
+                + SH_C2[3] * xz * coeffs[:, 7]
+                + SH_C2[4] * (xx - yy) * coeffs[:, 8]
+            )
+            if degree > 2:
+                result = (
+                    result
+                    + SH_C3[0] * y * (3 * xx - yy) * coeffs[:, 9]
+                    + SH_C3[1] * xy * z * coeffs[:, 10]
+                    + SH_C3[2] * y * (4 * zz - xx - yy) * coeffs[:, 11]
+                    + SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * coeffs[:, 12]
+                    + SH_C3[4] * x * (4 * zz - xx - yy) * coeffs[:, 13]
+                    + SH_C3[5] * z * (xx - yy) * coeffs[:, 14]
+                    + SH_C3[6] * x * (xx - 3 * yy) * coeffs[:, 15]
+                )
+    return torch.clamp_min(result + 0.5, 0.0)
+
+
+@torch.no_grad()
+def bin_tiles(
+    means2d: Tensor,  # [N, 2]
+    radii: Tensor,  # [N, 2] int32, 0 = culled
+    depths: Tensor,  # [N]
+    width: int,
+    height: int,
+    tile_size: int = TILE_SIZE,
+) -> tuple[Tensor, Tensor]:
+    """List every (tile, Gaussian) pair whose box touches the tile, front to back per tile.
+
+    Returns tile_offsets [n_tiles + 1] int64 (tiles row-major) and gauss_ids [M] int64.
+    """
+    device = means2d.device
+    tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    n = means2d.shape[0]
+    r = radii.to(means2d.dtype)
+    lo = torch.floor((means2d - r) / tile_size).long()  # [N, 2] first tile (x, y)
+    hi = torch.ceil((means2d + r) / tile_size).long()  # [N, 2] one past the last tile
+    lo[:, 0].clamp_(0, tiles_x), hi[:, 0].clamp_(0, tiles_x)
+    lo[:, 1].clamp_(0, tiles_y), hi[:, 1].clamp_(0, tiles_y)
+    span = (hi - lo).clamp_min(0)  # [N, 2]
+    counts = span[:, 0] * span[:, 1] * (radii > 0).all(-1)  # [N]
+
+    gauss_ids = torch.repeat_interleave(torch.arange(n, device=device), counts)  # [M]
+    first = torch.cumsum(counts, 0) - counts  # [N] where each Gaussian's pairs start
+    k = torch.arange(gauss_ids.shape[0], device=device) - first[gauss_ids]  # [M] index inside its box
+    w = span[gauss_ids, 0]
+    tile_ids = (lo[gauss_ids, 1] + k // w) * tiles_x + lo[gauss_ids, 0] + k % w  # [M]
+
+    depth_rank = torch.empty(n, dtype=torch.long, device=device)
+    depth_rank[torch.argsort(depths, stable=True)] = torch.arange(n, device=device)
+    order = torch.argsort(tile_ids * max(n, 1) + depth_rank[gauss_ids])  # keys are unique
+    tile_counts = torch.bincount(tile_ids, minlength=tiles_x * tiles_y)  # [n_tiles]
+    tile_offsets = torch.cat([tile_counts.new_zeros(1), torch.cumsum(tile_counts, 0)])
+    return tile_offsets, gauss_ids[order]
+
+
+def prepare(
+    means: Tensor,  # [N, 3]
+    quats: Tensor,  # [N, 4]
+    scales: Tensor,  # [N, 3]
+    opacities: Tensor,  # [N]
+    colors: Tensor,  # [N, K, 3] SH if sh_degree is not None, else [N, D]
+    viewmat: Tensor,  # [4, 4]
+    K: Tensor,  # [3, 3]
+    width: int,
+    height: int,
+    sh_degree: int | None,
+) -> Projected:
+    """Project, colour and bin the Gaussians: everything before compositing."""
+    means2d, conics, depths, radii = project_gaussians(means, quats, scales, opacities, viewmat, K, width, height)
+    if sh_degree is None:
+        features = colors
+    else:
+        campos = -viewmat[:3, :3].T @ viewmat[:3, 3]  # [3] camera centre in world
+        features = eval_sh(sh_degree, means - campos, colors)
+    tile_offsets, gauss_ids = bin_tiles(means2d.detach(), radii, depths.detach(), width, height)
+    return Projected(means2d[None], conics, opacities, features, depths, radii, tile_offsets, gauss_ids)
+
+
+def make_info(projected: Projected, width: int, height: int) -> dict:
+    """The `info` dict in gsplat's unpacked layout, as DefaultStrategy reads it."""
+    return {
+        "means2d": projected.means2d,  # [1, N, 2]
+        "radii": projected.radii[None],  # [1, N, 2] int32
+        "depths": projected.depths[None],  # [1, N]
+        "width": width,
+        "height": height,
+        "n_cameras": 1,
+        "gaussian_ids": None,
+    }
