@@ -1,0 +1,256 @@
+"""Create Blender data from FaceSplat files: core parses, this module only creates.
+
+Gaussians become a PointCloud whose point attributes are the file's raw 3DGS properties under
+their PLY names (f_dc_0 ... f_rest_N ... opacity, scale_*, rot_*; float), so an untouched object
+exports back to the same values. Two more attributes are for display: `color` (RGBA, the DC
+colour in linear RGB, alpha = sigmoid(opacity)) and `radius` (geometric mean of the three scales).
+Cameras from cameras.json become Blender cameras with the same pinhole and their frame as the
+background image. Everything of one run hangs under one empty.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import bpy
+import numpy as np
+from mathutils import Matrix
+
+from .core import cameras as cams
+from .core import ply
+
+MATERIAL_NAME = "FaceSplat Gaussians"
+
+
+class _Created:
+    """The datablocks an import makes, so a failure halfway removes them all again."""
+
+    def __init__(self):
+        self.ids = []
+        self.images_before = {image.name for image in bpy.data.images}
+
+    def add(self, datablock):
+        self.ids.append(datablock)
+        return datablock
+
+    def remove_all(self):
+        # Images are loaded with check_existing: remove only those this import loaded.
+        self.ids += [image for image in bpy.data.images if image.name not in self.images_before]
+        for datablock in reversed(self.ids):
+            try:
+                _ID_COLLECTIONS[type(datablock)]().remove(datablock)
+            except ReferenceError:
+                pass  # already removed
+        self.ids.clear()
+
+
+_ID_COLLECTIONS = {
+    bpy.types.Object: lambda: bpy.data.objects, bpy.types.Camera: lambda: bpy.data.cameras,
+    bpy.types.PointCloud: lambda: bpy.data.pointclouds, bpy.types.Collection: lambda: bpy.data.collections,
+    bpy.types.Image: lambda: bpy.data.images, bpy.types.Material: lambda: bpy.data.materials,
+}
+
+
+def display_values(splats: ply.Splats) -> tuple[np.ndarray, np.ndarray]:
+    """(rgba [N, 4] linear, radius [N]) for the viewport and renders."""
+    srgb = ply.sh0_to_rgb(splats.sh0)
+    # 3DGS colours are sRGB-encoded; Blender colour attributes are scene-linear.
+    linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
+    alpha = 1.0 / (1.0 + np.exp(-splats.opacities.astype(np.float64)))
+    rgba = np.concatenate([linear, alpha[:, None]], axis=1).astype(np.float32)
+    radius = np.exp(splats.scales.astype(np.float64).mean(axis=1)).astype(np.float32)
+    return rgba, radius
+
+
+def new_pointcloud(context, splats: ply.Splats, name: str) -> bpy.types.PointCloud:
+    """A PointCloud datablock holding `splats` (no object). Blender 4.2-5.0 cannot add points to a
+    PointCloud from Python, so the points go into a Mesh that Blender converts."""
+    mesh = bpy.data.meshes.new(name)
+    tmp = None
+    try:
+        mesh.vertices.add(len(splats))
+        mesh.attributes["position"].data.foreach_set("vector", splats.means.ravel())
+        for key, column in ply.attribute_columns(splats).items():
+            mesh.attributes.new(key, "FLOAT", "POINT").data.foreach_set("value", column)
+        rgba, radius = display_values(splats)
+        mesh.attributes.new("color", "FLOAT_COLOR", "POINT").data.foreach_set("color", rgba.ravel())
+        mesh.attributes.new("radius", "FLOAT", "POINT").data.foreach_set("value", radius)
+
+        tmp = bpy.data.objects.new(name, mesh)
+        context.scene.collection.objects.link(tmp)
+        with context.temp_override(active_object=tmp, object=tmp, selected_objects=[tmp],
+                                   selected_editable_objects=[tmp]):
+            bpy.ops.object.convert(target="POINTCLOUD")
+        if tmp.type != "POINTCLOUD":
+            raise RuntimeError("Blender did not convert the points to a point cloud")
+        return tmp.data
+    finally:
+        if tmp is not None:
+            bpy.data.objects.remove(tmp)
+        if mesh.users == 0:
+            bpy.data.meshes.remove(mesh)
+
+
+def splat_material() -> bpy.types.Material:
+    """Unlit: shows the captured colour (`color` attribute) with sigmoid(opacity) as alpha,
+    in the viewport (Material Preview) and in Cycles/EEVEE renders. Shared by all imports."""
+    mat = bpy.data.materials.get(MATERIAL_NAME)
+    if mat is not None:
+        return mat
+    mat = bpy.data.materials.new(MATERIAL_NAME)
+    if mat.node_tree is None:
+        mat.use_nodes = True  # Blender < 5.0 starts without nodes
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    nodes.clear()
+    attr = nodes.new("ShaderNodeAttribute")
+    attr.attribute_name = "color"
+    emission = nodes.new("ShaderNodeEmission")
+    transparent = nodes.new("ShaderNodeBsdfTransparent")
+    mix = nodes.new("ShaderNodeMixShader")
+    out = nodes.new("ShaderNodeOutputMaterial")
+    links.new(attr.outputs["Color"], emission.inputs["Color"])
+    links.new(attr.outputs["Alpha"], mix.inputs["Fac"])
+    links.new(transparent.outputs[0], mix.inputs[1])
+    links.new(emission.outputs[0], mix.inputs[2])
+    links.new(mix.outputs[0], out.inputs["Surface"])
+    for i, node in enumerate((attr, transparent, emission, mix, out)):
+        node.location = (200 * i - 400, 0)
+    return mat
+
+
+def _link_pointcloud_data(pointcloud: bpy.types.PointCloud) -> None:
+    if not pointcloud.materials:
+        pointcloud.materials.append(splat_material())
+
+
+def replace_splats(context, ob: bpy.types.Object, splats: ply.Splats, source: Path | None = None) -> None:
+    """Swap the Gaussians of `ob` in place: name, collections, parent, transform and materials stay."""
+    old = ob.data
+    new = new_pointcloud(context, splats, old.name)
+    for mat in old.materials:
+        new.materials.append(mat)
+    _link_pointcloud_data(new)
+    ob.data = new
+    if old.users == 0:
+        bpy.data.pointclouds.remove(old)
+    if source is not None:
+        ob.facesplat.source = str(source)
+
+
+def _camera_scale(frames: list[cams.CameraFrame]) -> float:
+    """A length for display sizes and clipping: median camera distance from their centroid."""
+    centres = np.array([f.center for f in frames])
+    d = float(np.median(np.linalg.norm(centres - centres.mean(axis=0), axis=1))) if len(frames) > 1 else 0.0
+    return d if d > 1e-9 else 1.0
+
+
+def new_camera(frame: cams.CameraFrame, name: str, image_root: Path | None, scale: float) -> bpy.types.Object:
+    """A Blender camera that sees what the frame's pinhole saw (distortion is ignored)."""
+    k = cams.blender_camera_intrinsics(frame.fx, frame.fy, frame.cx, frame.cy, frame.width, frame.height)
+    data = bpy.data.cameras.new(name)
+    data.sensor_fit, data.sensor_width, data.lens = k["sensor_fit"], k["sensor_width"], k["lens"]
+    data.shift_x, data.shift_y = k["shift_x"], k["shift_y"]
+    data.display_size = 0.15 * scale
+    data.clip_start, data.clip_end = 0.01 * scale, 100.0 * scale
+    image_path = (image_root / frame.image) if image_root is not None and frame.image else None
+    if image_path is not None and image_path.is_file():
+        bg = data.background_images.new()
+        bg.image = bpy.data.images.load(str(image_path), check_existing=True)
+        bg.frame_method = "STRETCH"  # the frame fills the camera's frame, pixel for pixel
+        bg.alpha = 0.8
+        data.show_background_images = True
+    ob = bpy.data.objects.new(name, data)
+    # Matrix(rows): assigning nested lists directly would be read column-major.
+    ob.matrix_basis = Matrix(cams.opencv_w2c_to_blender_c2w(frame.world_to_camera).tolist())
+    ob.facesplat.role, ob.facesplat.frame_index = "CAMERA", frame.frame_index
+    return ob
+
+
+def set_render_size(scene, frame: cams.CameraFrame) -> None:
+    """Render (and camera-view) aspect of the frames, so looking through a camera lines up."""
+    k = cams.blender_camera_intrinsics(frame.fx, frame.fy, frame.cx, frame.cy, frame.width, frame.height)
+    scene.render.resolution_x, scene.render.resolution_y = frame.width, frame.height
+    scene.render.pixel_aspect_x, scene.render.pixel_aspect_y = k["pixel_aspect_x"], k["pixel_aspect_y"]
+
+
+def _check_frames(frames: list[cams.CameraFrame], path) -> None:
+    for f in frames:
+        usable = (f.width > 0 and f.height > 0 and f.fx > 0 and f.fy > 0
+                  and np.all(np.isfinite([f.fx, f.fy, f.cx, f.cy])) and np.all(np.isfinite(f.world_to_camera))
+                  and abs(np.linalg.det(f.world_to_camera[:3, :3])) > 1e-9)
+        if not usable:
+            raise ValueError(f"{path}: frame {f.frame_index} has an unusable camera (size, focal length or pose)")
+
+
+def import_splats(context, ply_path, cameras_json=None, name: str | None = None,
+                  workspace=None) -> bpy.types.Object:
+    """Import a 3DGS PLY (and optionally the run's cameras). Returns the head object.
+
+    Everything is read and checked before the first datablock is made, and a failure while
+    creating removes what was made, so an error leaves the scene as it was.
+    Raises ply.PlyFormatError or ValueError (cameras.json) with a one-line message.
+    """
+    ply_path = Path(ply_path)
+    splats = ply.read_splat_ply(ply_path)
+    frames = cams.read_cameras_json(cameras_json) if cameras_json else []
+    _check_frames(frames, cameras_json)
+    image_root = Path(workspace) if workspace else (Path(cameras_json).parent if cameras_json else None)
+    name = name or ply_path.stem
+    created = _Created()
+    try:
+        parent_collection = context.collection or context.scene.collection
+        had_material = MATERIAL_NAME in bpy.data.materials
+        head_data = created.add(new_pointcloud(context, splats, f"{name} head"))
+        _link_pointcloud_data(head_data)
+        if not had_material:
+            created.add(bpy.data.materials[MATERIAL_NAME])
+        head = created.add(bpy.data.objects.new(f"{name} head" if frames else name, head_data))
+        head.facesplat.role, head.facesplat.source = "HEAD", str(ply_path)
+        head.facesplat.workspace = str(workspace or "")
+        if not frames:
+            parent_collection.objects.link(head)
+            _select_only(context, head)
+            return head
+
+        run = created.add(bpy.data.collections.new(f"FaceSplat {name}"))
+        parent_collection.children.link(run)
+        scale = _camera_scale(frames)
+        root = created.add(bpy.data.objects.new(name, None))
+        root.empty_display_type, root.empty_display_size = "PLAIN_AXES", 0.3 * scale
+        root.facesplat.role, root.facesplat.workspace = "ROOT", str(workspace or image_root)
+        run.objects.link(root)
+        run.objects.link(head)
+        head.parent = root
+        cam_collection = created.add(bpy.data.collections.new(f"{name} cameras"))
+        run.children.link(cam_collection)
+        for frame in frames:
+            cam = created.add(new_camera(frame, f"{name} cam {frame.frame_index:04d}", image_root, scale))
+            created.add(cam.data)
+            cam_collection.objects.link(cam)
+            cam.parent = root
+            cam.facesplat.workspace = root.facesplat.workspace
+        set_render_size(context.scene, frames[0])
+        _select_only(context, head)
+        return head
+    except BaseException:
+        created.remove_all()
+        raise
+
+
+def _select_only(context, ob) -> None:
+    for other in context.view_layer.objects:
+        if other is not None:  # a base whose object was just removed, before the layer resyncs
+            other.select_set(False)
+    context.view_layer.objects.active = ob
+    ob.select_set(True)
+
+
+def run_objects(ob) -> tuple[bpy.types.Object | None, bpy.types.Object | None]:
+    """(root, head) of the run `ob` belongs to (the head, its parent, or one of its cameras)."""
+    if ob is None:
+        return None, None
+    root = ob if ob.facesplat.role == "ROOT" else ob.parent
+    if root is not None and root.facesplat.role == "ROOT":
+        heads = [c for c in root.children if c.facesplat.role == "HEAD"]
+        return root, (heads[0] if heads else None)
+    return None, (ob if ob.facesplat.role == "HEAD" else None)
