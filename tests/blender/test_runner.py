@@ -1,0 +1,154 @@
+"""facesplat_blender/runner.py without Blender: commands, following events, cancelling a process tree."""
+
+import json
+import signal
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from blender_worker import import_addon_module
+
+runner = import_addon_module("runner")
+
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="checks process groups through /proc")
+
+
+def test_run_command_is_an_argument_list():
+    argv = runner.run_command("/py", workspace=Path("/w s"), output=Path("/w s/head.ply"), video=Path("/v; rm -rf x.mp4"),
+                              num_frames=10, height=180, num_iters=30, device="cpu")
+    assert argv == ["/py", "-m", "facesplat", "run", "--video", "/v; rm -rf x.mp4", "--output", "/w s/head.ply",
+                    "--workspace", "/w s", "--num-frames", "10", "--height", "180", "--num-iters", "30",
+                    "--device", "cpu"]
+    assert runner.run_command("/py", workspace=Path("w"), output=Path("o"), images=Path("imgs"))[4:6] == ["--images", "imgs"]
+    with pytest.raises(ValueError):
+        runner.run_command("/py", workspace=Path("w"), output=Path("o"))
+
+
+def test_isolate_and_install_commands(tmp_path):
+    assert runner.isolate_command("/py", workspace=Path("/w"), output=Path("/w/head.ply"), threshold=0.25,
+                                  min_opacity=0.1) == [
+        "/py", "-m", "facesplat", "isolate", "--workspace", "/w", "--output", "/w/head.ply",
+        "--threshold", "0.25", "--min-opacity", "0.1"]
+    venv, pip = runner.install_commands("/blender/python", tmp_path / "env", tmp_path / "src")
+    assert venv == ["/blender/python", "-m", "venv", str(tmp_path / "env")]
+    assert pip[:4] == [str(runner.venv_python(tmp_path / "env")), "-m", "pip", "install"] and pip[-1] == str(tmp_path / "src")
+    offline = runner.install_commands("/py", tmp_path / "env", tmp_path / "src", find_links=tmp_path / "wheels")[1]
+    assert "--no-index" in offline and offline[offline.index("--find-links") + 1] == str(tmp_path / "wheels")
+
+
+def fake_backend(tmp_path, body: str) -> list[str]:
+    """A stand-in for `python -m facesplat` that writes events.jsonl the way the backend does."""
+    script = tmp_path / "fake_backend.py"
+    script.write_text(textwrap.dedent("""
+        import json, os, subprocess, sys, time
+        events = sys.argv[1]
+        def emit(stage, progress, message=""):
+            with open(events, "a") as f:
+                f.write(json.dumps({"time": time.time(), "stage": stage, "progress": progress, "message": message}) + "\\n")
+    """) + textwrap.dedent(body))
+    return [sys.executable, str(script), str(tmp_path / "events.jsonl")]
+
+
+def follow(proc, timeout=20.0):
+    events, end = [], time.monotonic() + timeout
+    while proc.running and time.monotonic() < end:
+        events += proc.poll()
+        time.sleep(0.05)
+    events += proc.poll()
+    return events
+
+
+def test_follows_events_and_ignores_older_runs(tmp_path):
+    (tmp_path / "events.jsonl").write_text(json.dumps({"stage": "done", "progress": 1.0, "message": "old"}) + "\n")
+    argv = fake_backend(tmp_path, """
+        emit("frames", 0.5, "half")
+        emit("train", 0.25, "step 1")
+        emit("done", 1.0, "wrote head.ply")
+    """)
+    proc = runner.BackendProcess(argv, tmp_path / "log.txt", tmp_path / "events.jsonl").start()
+    events = follow(proc)
+    assert [e["stage"] for e in events] == ["frames", "train", "done"]
+    assert proc.succeeded and proc.finished_event()["message"] == "wrote head.ply"
+    assert proc.progress_text() == "done 100%"
+    proc.last_event = events[1]
+    assert proc.progress_text() == "train (4/5) 25%"
+
+
+def test_error_message_comes_from_the_error_event_or_the_last_line(tmp_path):
+    argv = fake_backend(tmp_path, """
+        emit("error", 0.0, "no face found in any frame; film the head, not the room")
+        print("facesplat: error: no face found in any frame; film the head, not the room", file=sys.stderr)
+        sys.exit(3)
+    """)
+    proc = runner.BackendProcess(argv, tmp_path / "log.txt", tmp_path / "events.jsonl").start()
+    follow(proc)
+    assert proc.returncode == 3 and not proc.succeeded
+    assert proc.error_message() == "no face found in any frame; film the head, not the room"
+
+    argv = fake_backend(tmp_path, """
+        print("progress 10%\\r progress 20%\\r", file=sys.stderr)
+        print("facesplat: error: --height 10 is too small; use 270 or more", file=sys.stderr)
+        sys.exit(2)
+    """)
+    proc = runner.BackendProcess(argv, tmp_path / "log2.txt", None).start()
+    follow(proc)
+    assert proc.error_message() == "--height 10 is too small; use 270 or more"
+
+
+def test_missing_interpreter_is_a_clear_error(tmp_path):
+    with pytest.raises(RuntimeError, match="cannot start"):
+        runner.BackendProcess([str(tmp_path / "no-python"), "-V"], tmp_path / "log.txt").start()
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its reaper does not count)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@posix_only
+@pytest.mark.parametrize("ignores_sigterm", [False, True])
+def test_cancel_stops_the_whole_process_tree(tmp_path, ignores_sigterm):
+    """The child starts a grandchild; cancel must end both, even if they ignore SIGTERM."""
+    argv = fake_backend(tmp_path, f"""
+        import signal
+        if {ignores_sigterm}:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        child = subprocess.Popen([sys.executable, "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN) if {ignores_sigterm} else None; time.sleep(60)"])
+        emit("frames", 0.1, f"child {{child.pid}}")
+        time.sleep(60)
+    """)
+    proc = runner.BackendProcess(argv, tmp_path / "log.txt", tmp_path / "events.jsonl", grace_s=0.5).start()
+    end = time.monotonic() + 20
+    while not proc.last_event and time.monotonic() < end:
+        proc.poll()
+        time.sleep(0.05)
+    grandchild = int(proc.last_event["message"].split()[1])
+    assert set(_group_members(proc.pid)) == {proc.pid, grandchild}
+    proc.cancel()
+    assert proc.wait(10) is not None
+    assert proc.cancelled and not proc.succeeded
+    deadline = time.monotonic() + 5
+    while _group_members(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _group_members(proc.pid) == []
+    assert not _alive(grandchild)
+    assert proc.returncode == (-signal.SIGKILL if ignores_sigterm else -signal.SIGTERM)
