@@ -78,14 +78,24 @@ def property_names(degree: int) -> list[str]:
             + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
 
 
+def _property_rows(splats: Splats) -> np.ndarray:
+    """[P, N] float32: one contiguous row per property after x y z nx ny nz, in file order."""
+    n, k = len(splats), splats.shN.shape[1]
+    rows = np.empty((3 + 3 * k + 8, n), dtype=np.float32)
+    rows[0:3] = splats.sh0.T
+    rows[3:3 + 3 * k] = splats.shN.transpose(2, 1, 0).reshape(3 * k, n)  # channel-major, as in the file
+    base = 3 + 3 * k
+    rows[base] = splats.opacities
+    rows[base + 1:base + 4] = splats.scales.T
+    rows[base + 4:base + 8] = splats.quats.T
+    return rows
+
+
 def attribute_columns(splats: Splats) -> dict[str, np.ndarray]:
     """Every per-Gaussian property except positions and normals, as contiguous float32 [N]
     columns named and ordered as in the file (f_dc_*, f_rest_*, opacity, scale_*, rot_*)."""
-    n, k = len(splats), splats.shN.shape[1]
-    rest = splats.shN.transpose(0, 2, 1).reshape(n, 3 * k)  # channel-major, as in the file
-    table = np.concatenate([splats.sh0, rest, splats.opacities[:, None], splats.scales, splats.quats], axis=1)
-    names = property_names(splats.sh_degree)[6:]
-    return {name: np.ascontiguousarray(table[:, i]) for i, name in enumerate(names)}
+    rows = _property_rows(splats)
+    return dict(zip(property_names(splats.sh_degree)[6:], rows))
 
 
 def splats_from_columns(means: np.ndarray, columns: dict) -> Splats:
@@ -100,10 +110,10 @@ def splats_from_columns(means: np.ndarray, columns: dict) -> Splats:
     if missing:
         raise ValueError(f"missing 3DGS attributes: {', '.join(missing)}")
     n = len(means)
-    table = np.stack([np.asarray(columns[name], np.float32).reshape(n) for name in names], axis=1)
+    rows = np.stack([np.asarray(columns[name], np.float32).reshape(n) for name in names])  # [P, N]
     base = 3 + 3 * k
-    return Splats(means=means, sh0=table[:, 0:3], shN=table[:, 3:base].reshape(n, 3, k).transpose(0, 2, 1),
-                  opacities=table[:, base], scales=table[:, base + 1:base + 4], quats=table[:, base + 4:base + 8])
+    return Splats(means=means, sh0=rows[0:3].T, shN=rows[3:base].reshape(3, k, n).transpose(2, 1, 0),
+                  opacities=rows[base], scales=rows[base + 1:base + 4].T, quats=rows[base + 4:base + 8].T)
 
 
 def splats_to_ply_bytes(splats: Splats) -> bytes:
@@ -215,8 +225,17 @@ def read_splat_ply(path) -> Splats:
         raise PlyFormatError(f"{path}: {len(rest)} f_rest properties; expected 0, 9, 24 or 45 (SH degree 0-3)")
     k = len(rest) // 3
 
-    def cols(*keys):
-        return np.stack([data[key] for key in keys], axis=1).astype(np.float32) if keys else np.zeros((n, 0), np.float32)
+    if all(t == "f4" for _, t in props):
+        # The usual all-float32 file: one [N, P] table gathered row by row (much faster than
+        # stacking strided fields).
+        table = data.view("<f4").reshape(n, len(props))
+        index = {name: i for i, name in enumerate(names)}
+
+        def cols(*keys):
+            return table[:, [index[key] for key in keys]] if keys else np.zeros((n, 0), np.float32)
+    else:
+        def cols(*keys):
+            return np.stack([data[key] for key in keys], axis=1).astype(np.float32) if keys else np.zeros((n, 0), np.float32)
 
     shN = cols(*rest).reshape(n, 3, k).transpose(0, 2, 1) if k else np.zeros((n, 0, 3), np.float32)
     return Splats(

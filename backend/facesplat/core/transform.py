@@ -80,14 +80,17 @@ def sh_rotation(Q: np.ndarray, degree: int) -> np.ndarray:
 
 def rotate_sh(shN: np.ndarray, Q: np.ndarray) -> np.ndarray:
     """Rotate f_rest coefficients [N, K, 3] (K = 0, 3, 8 or 15) by the orthogonal Q."""
-    out = np.array(shN, dtype=np.float64)
+    shN = np.asarray(shN, dtype=np.float32)
+    out = np.empty_like(shN)
     start = 0
     for degree in (1, 2, 3):
         width = 2 * degree + 1
         if start + width > shN.shape[1]:
             break
-        X = sh_rotation(Q, degree)                                   # [L, L]
-        out[:, start:start + width] = np.einsum("km,nmc->nkc", X, out[:, start:start + width])
+        X = sh_rotation(Q, degree).astype(np.float32)                # [L, L]
+        band = shN[:, start:start + width]                           # [N, L, 3]
+        # new[n, k, c] = sum_m X[k, m] band[n, m, c], as one BLAS product over the N*3 columns
+        out[:, start:start + width] = np.tensordot(band, X, axes=([1], [1])).transpose(0, 2, 1)
         start += width
     return out
 
