@@ -1,10 +1,10 @@
 """Compiled CPU rasterizer: numba kernels for compositing, forward and analytic backward.
 
 Projection, SH and binning are the shared PyTorch code (autograd differentiates them); only the
-per-pixel compositing, which dominates the cost, is compiled. Each kernel runs `prange` over
+per-pixel compositing, the part PyTorch does slowly, is compiled. Each kernel runs `prange` over
 16x16 tiles, one tile per thread at a time, and walks each pixel's depth-sorted list:
 
-- forward, front to back, exactly as gsplat's CUDA kernel: skip alpha < 1/255, clamp alpha to
+- forward, front to back, with the per-pixel rules of gsplat's CUDA kernel: skip alpha < 1/255, clamp alpha to
   0.99, stop before the Gaussian that would leave T <= 1e-4. It saves per pixel the final T and
   how many list entries it consumed (the last contributor + 1);
 - backward, back to front from that last contributor (3DGS / gsplat), recovering T by division.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 import torch
 from numba import njit, prange
@@ -74,7 +75,7 @@ class _Composite(torch.autograd.Function):
         render = np.zeros((height, width, features.shape[1]))
         T_final = np.ones((height, width))
         n_used = np.zeros((height, width), dtype=np.int32)
-        _forward_kernel(*inputs, width, height, render, T_final, n_used)
+        _forward_kernel(*inputs, _balanced_order(inputs[4]), width, height, render, T_final, n_used)
 
         ctx.save_for_backward(means2d, conics, opacities, features, tile_offsets, gauss_ids)
         ctx.T_final, ctx.n_used, ctx.width, ctx.height = T_final, n_used, width, height
@@ -90,7 +91,7 @@ class _Composite(torch.autograd.Function):
         v_means2d_e, v_conics_e = np.zeros((M, 2)), np.zeros((M, 3))
         v_opacities_e, v_features_e = np.zeros(M), np.zeros((M, D))
         _backward_kernel(
-            *inputs, ctx.width, ctx.height, ctx.T_final, ctx.n_used,
+            *inputs, _balanced_order(inputs[4]), ctx.width, ctx.height, ctx.T_final, ctx.n_used,
             v_render.detach().double().contiguous().numpy(),
             v_alpha.detach().double()[..., 0].contiguous().numpy(),
             v_means2d_e, v_conics_e, v_opacities_e, v_features_e,
@@ -116,102 +117,126 @@ def _to_numpy(means2d, conics, opacities, features, tile_offsets, gauss_ids) -> 
     return f64(means2d), f64(conics), f64(opacities), f64(features), tile_offsets.numpy(), gauss_ids.numpy()
 
 
+def _balanced_order(tile_offsets: np.ndarray) -> np.ndarray:  # [n_tiles + 1] -> [n_tiles]
+    """Order in which `prange` visits tiles.
+
+    prange hands each thread one contiguous block of iterations; dealing the tiles round-robin,
+    longest lists first, gives every block a similar share of the work wherever the head is.
+    """
+    n_threads = numba.get_num_threads()
+    by_cost = np.argsort(-np.diff(tile_offsets), kind="stable")
+    return np.concatenate([by_cost[k::n_threads] for k in range(n_threads)])
+
+
 @njit(parallel=True, cache=True)
 def _forward_kernel(
     means2d, conics, opacities, features,  # [N, 2], [N, 3], [N], [N, D] float64
-    tile_offsets, gauss_ids,  # [n_tiles + 1], [M] int64
+    tile_offsets, gauss_ids, tile_order,  # [n_tiles + 1], [M], [n_tiles] int64
     width, height,
     render, T_final, n_used,  # out: [H, W, D] zeros, [H, W] ones, [H, W] int32 zeros
 ):  # fmt: skip
+    for i in prange(tile_order.shape[0]):
+        _forward_tile(
+            means2d, conics, opacities, features, tile_offsets, gauss_ids, tile_order[i], width, height,
+            render, T_final, n_used,
+        )  # fmt: skip
+
+
+@njit(cache=True)
+def _forward_tile(means2d, conics, opacities, features, tile_offsets, gauss_ids, t, width, height,
+                  render, T_final, n_used):  # fmt: skip
+    xy, abc, opac, sigma_cut, feat = _gather_tile(means2d, conics, opacities, features, tile_offsets, gauss_ids, t)
+    n, D = feat.shape
     tiles_x = (width + TILE_SIZE - 1) // TILE_SIZE
-    D = features.shape[1]
-    for t in prange(tile_offsets.shape[0] - 1):
-        xy, abc, opac, sigma_cut, feat = _gather_tile(means2d, conics, opacities, features, tile_offsets, gauss_ids, t)
-        n = opac.shape[0]
-        if n == 0:
-            continue
-        x0, y0 = (t % tiles_x) * TILE_SIZE, (t // tiles_x) * TILE_SIZE
-        pix = np.empty(D)
-        for py in range(y0, min(y0 + TILE_SIZE, height)):
-            for px in range(x0, min(x0 + TILE_SIZE, width)):
+    x0, y0 = (t % tiles_x) * TILE_SIZE, (t // tiles_x) * TILE_SIZE
+    pix = np.empty(D)
+    for py in range(y0, min(y0 + TILE_SIZE, height)):
+        for px in range(x0, min(x0 + TILE_SIZE, width)):
+            for d in range(D):
+                pix[d] = 0.0
+            T = 1.0
+            used = 0
+            for k in range(n):
+                dx, dy = xy[k, 0] - (px + 0.5), xy[k, 1] - (py + 0.5)
+                sigma = 0.5 * (abc[k, 0] * dx * dx + abc[k, 2] * dy * dy) + abc[k, 1] * dx * dy
+                if sigma < 0.0 or sigma > sigma_cut[k]:
+                    continue
+                alpha = min(ALPHA_MAX, opac[k] * math.exp(-sigma))
+                if alpha < ALPHA_MIN:
+                    continue
+                next_T = T * (1.0 - alpha)
+                if next_T <= T_MIN:
+                    break
+                w = alpha * T
                 for d in range(D):
-                    pix[d] = 0.0
-                T = 1.0
-                used = 0
-                for k in range(n):
-                    dx, dy = xy[k, 0] - (px + 0.5), xy[k, 1] - (py + 0.5)
-                    sigma = 0.5 * (abc[k, 0] * dx * dx + abc[k, 2] * dy * dy) + abc[k, 1] * dx * dy
-                    if sigma < 0.0 or sigma > sigma_cut[k]:
-                        continue
-                    alpha = min(ALPHA_MAX, opac[k] * math.exp(-sigma))
-                    if alpha < ALPHA_MIN:
-                        continue
-                    next_T = T * (1.0 - alpha)
-                    if next_T <= T_MIN:
-                        break
-                    w = alpha * T
-                    for d in range(D):
-                        pix[d] += feat[k, d] * w
-                    T = next_T
-                    used = k + 1
-                for d in range(D):
-                    render[py, px, d] = pix[d]
-                T_final[py, px] = T
-                n_used[py, px] = used
+                    pix[d] += feat[k, d] * w
+                T = next_T
+                used = k + 1
+            for d in range(D):
+                render[py, px, d] = pix[d]
+            T_final[py, px] = T
+            n_used[py, px] = used
 
 
 @njit(parallel=True, cache=True)
 def _backward_kernel(
     means2d, conics, opacities, features,  # [N, 2], [N, 3], [N], [N, D] float64
-    tile_offsets, gauss_ids,  # [n_tiles + 1], [M] int64
+    tile_offsets, gauss_ids, tile_order,  # [n_tiles + 1], [M], [n_tiles] int64
     width, height,
     T_final, n_used,  # [H, W], [H, W] saved by the forward
     v_render, v_alpha,  # [H, W, D], [H, W] incoming gradients
     v_means2d_e, v_conics_e, v_opacities_e, v_features_e,  # out, zeros: [M, 2], [M, 3], [M], [M, D]
 ):  # fmt: skip
+    for i in prange(tile_order.shape[0]):
+        _backward_tile(
+            means2d, conics, opacities, features, tile_offsets, gauss_ids, tile_order[i], width, height,
+            T_final, n_used, v_render, v_alpha, v_means2d_e, v_conics_e, v_opacities_e, v_features_e,
+        )  # fmt: skip
+
+
+@njit(cache=True)
+def _backward_tile(means2d, conics, opacities, features, tile_offsets, gauss_ids, t, width, height,
+                   T_final, n_used, v_render, v_alpha, v_means2d_e, v_conics_e, v_opacities_e, v_features_e):  # fmt: skip
+    xy, abc, opac, sigma_cut, feat = _gather_tile(means2d, conics, opacities, features, tile_offsets, gauss_ids, t)
+    D = feat.shape[1]
+    start = tile_offsets[t]
     tiles_x = (width + TILE_SIZE - 1) // TILE_SIZE
-    D = features.shape[1]
-    for t in prange(tile_offsets.shape[0] - 1):
-        xy, abc, opac, sigma_cut, feat = _gather_tile(means2d, conics, opacities, features, tile_offsets, gauss_ids, t)
-        if opac.shape[0] == 0:
-            continue
-        start = tile_offsets[t]
-        x0, y0 = (t % tiles_x) * TILE_SIZE, (t // tiles_x) * TILE_SIZE
-        behind = np.empty(D)  # sum of feature * weight over the Gaussians behind the current one
-        for py in range(y0, min(y0 + TILE_SIZE, height)):
-            for px in range(x0, min(x0 + TILE_SIZE, width)):
-                T_end = T_final[py, px]
-                T = T_end
+    x0, y0 = (t % tiles_x) * TILE_SIZE, (t // tiles_x) * TILE_SIZE
+    behind = np.empty(D)  # sum of feature * weight over the Gaussians behind the current one
+    for py in range(y0, min(y0 + TILE_SIZE, height)):
+        for px in range(x0, min(x0 + TILE_SIZE, width)):
+            T_end = T_final[py, px]
+            T = T_end
+            for d in range(D):
+                behind[d] = 0.0
+            for k in range(n_used[py, px] - 1, -1, -1):
+                dx, dy = xy[k, 0] - (px + 0.5), xy[k, 1] - (py + 0.5)
+                sigma = 0.5 * (abc[k, 0] * dx * dx + abc[k, 2] * dy * dy) + abc[k, 1] * dx * dy
+                if sigma < 0.0 or sigma > sigma_cut[k]:
+                    continue
+                vis = math.exp(-sigma)
+                alpha = min(ALPHA_MAX, opac[k] * vis)
+                if alpha < ALPHA_MIN:
+                    continue
+                ra = 1.0 / (1.0 - alpha)
+                T *= ra  # now the transmittance in front of Gaussian k
+                w = alpha * T
+                # d(pixel)/d(alpha_k): its own colour, minus what it hides behind it; the
+                # pixel's alpha is 1 - T_end, and T_end carries a factor (1 - alpha_k).
+                v_a = T_end * ra * v_alpha[py, px]
+                e = start + k
                 for d in range(D):
-                    behind[d] = 0.0
-                for k in range(n_used[py, px] - 1, -1, -1):
-                    dx, dy = xy[k, 0] - (px + 0.5), xy[k, 1] - (py + 0.5)
-                    sigma = 0.5 * (abc[k, 0] * dx * dx + abc[k, 2] * dy * dy) + abc[k, 1] * dx * dy
-                    if sigma < 0.0 or sigma > sigma_cut[k]:
-                        continue
-                    vis = math.exp(-sigma)
-                    alpha = min(ALPHA_MAX, opac[k] * vis)
-                    if alpha < ALPHA_MIN:
-                        continue
-                    ra = 1.0 / (1.0 - alpha)
-                    T *= ra  # now the transmittance in front of Gaussian k
-                    w = alpha * T
-                    # d(pixel)/d(alpha_k): its own colour, minus what it hides behind it; the
-                    # pixel's alpha is 1 - T_end, and T_end carries a factor (1 - alpha_k).
-                    v_a = T_end * ra * v_alpha[py, px]
-                    e = start + k
-                    for d in range(D):
-                        v_features_e[e, d] += w * v_render[py, px, d]
-                        v_a += (feat[k, d] * T - behind[d] * ra) * v_render[py, px, d]
-                        behind[d] += feat[k, d] * w
-                    if opac[k] * vis <= ALPHA_MAX:  # a clamped alpha passes no gradient
-                        v_sigma = -opac[k] * vis * v_a
-                        v_opacities_e[e] += vis * v_a
-                        v_conics_e[e, 0] += 0.5 * dx * dx * v_sigma
-                        v_conics_e[e, 1] += dx * dy * v_sigma
-                        v_conics_e[e, 2] += 0.5 * dy * dy * v_sigma
-                        v_means2d_e[e, 0] += v_sigma * (abc[k, 0] * dx + abc[k, 1] * dy)
-                        v_means2d_e[e, 1] += v_sigma * (abc[k, 1] * dx + abc[k, 2] * dy)
+                    v_features_e[e, d] += w * v_render[py, px, d]
+                    v_a += (feat[k, d] * T - behind[d] * ra) * v_render[py, px, d]
+                    behind[d] += feat[k, d] * w
+                if opac[k] * vis <= ALPHA_MAX:  # a clamped alpha passes no gradient
+                    v_sigma = -opac[k] * vis * v_a
+                    v_opacities_e[e] += vis * v_a
+                    v_conics_e[e, 0] += 0.5 * dx * dx * v_sigma
+                    v_conics_e[e, 1] += dx * dy * v_sigma
+                    v_conics_e[e, 2] += 0.5 * dy * dy * v_sigma
+                    v_means2d_e[e, 0] += v_sigma * (abc[k, 0] * dx + abc[k, 1] * dy)
+                    v_means2d_e[e, 1] += v_sigma * (abc[k, 1] * dx + abc[k, 2] * dy)
 
 
 @njit(cache=True)
