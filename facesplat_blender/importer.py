@@ -92,8 +92,12 @@ def new_pointcloud(context, splats: ply.Splats, name: str) -> bpy.types.PointClo
 
 
 def splat_material() -> bpy.types.Material:
-    """Unlit: shows the captured colour (`color` attribute) with sigmoid(opacity) as alpha,
-    in the viewport (Material Preview) and in Cycles/EEVEE renders. Shared by all imports."""
+    """Unlit, shared by all imports: the 3DGS DC colour and opacity, activated in nodes from the
+    raw attributes (f_dc_*, opacity), so EEVEE, Cycles and Material Preview agree.
+
+    Not from the `color` attribute: Cycles reads the name "color" as its standard vertex-colour
+    attribute, which point clouds do not fill (checked on 5.0.1), so a render would come out black.
+    """
     mat = bpy.data.materials.get(MATERIAL_NAME)
     if mat is not None:
         return mat
@@ -102,19 +106,47 @@ def splat_material() -> bpy.types.Material:
         mat.use_nodes = True  # Blender < 5.0 starts without nodes
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
     nodes.clear()
-    attr = nodes.new("ShaderNodeAttribute")
-    attr.attribute_name = "color"
-    emission = nodes.new("ShaderNodeEmission")
-    transparent = nodes.new("ShaderNodeBsdfTransparent")
-    mix = nodes.new("ShaderNodeMixShader")
-    out = nodes.new("ShaderNodeOutputMaterial")
-    links.new(attr.outputs["Color"], emission.inputs["Color"])
-    links.new(attr.outputs["Alpha"], mix.inputs["Fac"])
+
+    def node(kind, x, y, **settings):
+        n = nodes.new(kind)
+        n.location = (x, y)
+        for key, value in settings.items():
+            setattr(n, key, value)
+        return n
+
+    def math(op, x, y, a=None, b=None, c=None, vector=False):
+        n = node("ShaderNodeVectorMath" if vector else "ShaderNodeMath", x, y, operation=op)
+        for i, value in enumerate((a, b, c)):
+            if hasattr(value, "bl_idname"):  # a socket
+                links.new(value, n.inputs[i])
+            elif value is not None:
+                n.inputs[i].default_value = value
+        return n.outputs[0]
+
+    # colour = sRGB-decode(clamp(0.5 + C0 * f_dc, 0, 1)); Gamma 2.2 stands in for the sRGB curve.
+    dc = node("ShaderNodeCombineXYZ", -800, 200)
+    for i in range(3):
+        attr = node("ShaderNodeAttribute", -1000, 300 - 150 * i, attribute_name=f"f_dc_{i}")
+        links.new(attr.outputs["Fac"], dc.inputs[i])
+    rgb = math("MULTIPLY_ADD", -600, 200, dc.outputs[0], (ply.SH_C0,) * 3, (0.5,) * 3, vector=True)
+    rgb = math("MINIMUM", -400, 200, math("MAXIMUM", -400, 350, rgb, (0.0,) * 3, vector=True), (1.0,) * 3, vector=True)
+    gamma = node("ShaderNodeGamma", -200, 200)
+    links.new(rgb, gamma.inputs["Color"])
+    gamma.inputs["Gamma"].default_value = 2.2
+    # alpha = sigmoid(opacity) = 0.5 + 0.5 tanh(opacity / 2)
+    opacity = node("ShaderNodeAttribute", -1000, -200, attribute_name="opacity")
+    alpha = math("MULTIPLY_ADD", -400, -200, math("TANH", -600, -200, math("MULTIPLY", -800, -200,
+                 opacity.outputs["Fac"], 0.5)), 0.5, 0.5)
+
+    emission = node("ShaderNodeEmission", 0, 200)
+    links.new(gamma.outputs[0], emission.inputs["Color"])
+    transparent = node("ShaderNodeBsdfTransparent", 0, 0)
+    mix = node("ShaderNodeMixShader", 200, 100)
+    links.new(alpha, mix.inputs["Fac"])
     links.new(transparent.outputs[0], mix.inputs[1])
     links.new(emission.outputs[0], mix.inputs[2])
+    out = node("ShaderNodeOutputMaterial", 400, 100)
     links.new(mix.outputs[0], out.inputs["Surface"])
-    for i, node in enumerate((attr, transparent, emission, mix, out)):
-        node.location = (200 * i - 400, 0)
     return mat
 
 
