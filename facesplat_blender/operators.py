@@ -121,7 +121,7 @@ def _show(context, job: BackendJob) -> None:
     for window in context.window_manager.windows:
         if window.workspace is not None:
             window.workspace.status_text_set(text)
-        for area in window.screen.areas:
+        for area in (window.screen.areas if window.screen else ()):
             if area.type in ("VIEW_3D", "PREFERENCES"):
                 area.tag_redraw()
 
@@ -134,7 +134,7 @@ def finish_job(context) -> None:
     for window in context.window_manager.windows:
         if window.workspace is not None:
             window.workspace.status_text_set(None)
-        for area in window.screen.areas:
+        for area in (window.screen.areas if window.screen else ()):
             area.tag_redraw()
 
 

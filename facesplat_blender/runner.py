@@ -209,8 +209,12 @@ class BackendProcess:
         ev = self.last_event
         if ev and ev.get("stage") == "error" and ev.get("message"):
             return str(ev["message"])
-        line = (tail_lines(self.log_path, 1) or [""])[0]
-        for prefix in ("facesplat: error: ", "facesplat: "):
+        lines = tail_lines(self.log_path, 60)
+        # pip ends with notes after its cause ("ERROR: No matching distribution found for ...").
+        line = lines[-1] if lines else ""
+        for marker in ("error: ", "ERROR: ", "facesplat: error: "):  # weakest first, strongest wins
+            line = next((ln for ln in reversed(lines) if ln.startswith(marker)), line)
+        for prefix in ("facesplat: error: ", "facesplat: ", "ERROR: ", "error: "):
             if line.startswith(prefix):
                 return line[len(prefix):]
         return line or f"{Path(self.argv[0]).name} exited with code {self.returncode}"

@@ -176,3 +176,32 @@ def test_disables_cleanly_and_enables_again(blender):
     gone, again = blender.call(w_disable_and_enable)
     assert gone == {"enabled": False, "classes": [], "properties": [False, False, False], "handlers": []}
     assert again["enabled"] and again["operators"] == OPERATORS and all(again["menus"])
+
+
+def w_install_backend(wheels):
+    """Install Backend, offline, from a wheel folder that lacks what the backend needs."""
+    import bpy
+
+    prefs = bpy.context.preferences.addons[ADDON_MODULE].preferences
+    prefs.wheels = str(wheels)
+    try:
+        bpy.ops.facesplat.install_backend()
+        message = None
+    except RuntimeError as e:
+        message = str(e)
+    preferences = addon("preferences")
+    env = preferences.env_dir()
+    return {"message": message, "env": str(env), "python": addon("runner").venv_python(env).is_file(),
+            "log": preferences.install_log().read_text(errors="replace") if preferences.install_log().exists() else "",
+            "running": bpy.context.window_manager.facesplat_job.running}
+
+
+def test_install_backend_creates_the_environment_and_reports_pips_cause(blender, tmp_path):
+    """The whole Install Backend chain, offline: the venv appears in the extension's user folder,
+    and pip's failure (no wheels here) comes back as a one-line report, not a hang."""
+    out = blender.call(w_install_backend, tmp_path, timeout=300)
+    assert out["python"], f"no environment at {out['env']}: {out['message']}\n{out['log'][-2000:]}"
+    assert Path(out["env"]).name == "backend_env" and "extensions" in Path(out["env"]).parts
+    # pip's cause, not its closing note
+    assert "No matching distribution" in out["message"] and "\n" not in out["message"].strip(), out["message"]
+    assert not out["running"]
