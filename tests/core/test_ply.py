@@ -127,3 +127,12 @@ def test_attribute_columns_round_trip(degree):
     del columns["opacity"]
     with pytest.raises(ValueError, match="missing 3DGS attributes: opacity"):
         splats_from_columns(splats.means, columns)
+
+
+@pytest.mark.parametrize("degree", [0, 1, 3])
+def test_empty_splats_round_trip(tmp_path, degree):
+    """Isolation can keep nothing: an empty selection and its file must still work."""
+    splats = random_splats(10, degree).subset(np.zeros(10, bool))
+    assert len(splats) == 0 and splats.sh_degree == degree
+    back = read_splat_ply(write_splat_ply(tmp_path / "empty.ply", splats))
+    assert len(back) == 0 and back.sh_degree == degree

@@ -50,7 +50,12 @@ class Splats:
             if arr.shape != shape:
                 raise ValueError(f"{name} has shape {arr.shape}, expected {shape}")
             setattr(self, name, arr)
-        shN = np.ascontiguousarray(self.shN, dtype=np.float32).reshape(n, -1, 3)
+        shN = np.ascontiguousarray(self.shN, dtype=np.float32)
+        if shN.ndim != 3:  # [N, 3K] flat, (coefficient, channel) order
+            # reshape(n, -1, 3) cannot infer K when N == 0; read it off the flat width instead.
+            shN = shN.reshape(n, shN.size // (3 * n) if n else (shN.shape[-1] // 3 if shN.ndim == 2 else 0), 3)
+        if shN.shape[0] != n or shN.shape[2] != 3:
+            raise ValueError(f"shN has shape {shN.shape}, expected ({n}, K, 3)")
         if shN.shape[1] not in (0, 3, 8, 15):
             raise ValueError(f"shN has {shN.shape[1]} coefficients per channel; expected 0, 3, 8 or 15")
         self.shN = shN
