@@ -38,9 +38,10 @@ def object_splats(context, ob) -> ply.Splats:
         raise ExportError(f"'{getattr(ob, 'name', None)}' is not a point cloud; select the imported Gaussians")
     data = ob.evaluated_get(context.evaluated_depsgraph_get()).data
     attributes = data.attributes
-    n = len(attributes["position"].data)
+    n = len(data.points) if ob.type == "POINTCLOUD" else len(data.vertices)
     means = np.empty(n * 3, dtype=np.float32)
-    attributes["position"].data.foreach_get("vector", means)
+    if n:  # an empty point cloud has no position attribute
+        attributes["position"].data.foreach_get("vector", means)
     names = ply.property_names(3)[6:]  # every column a file can have; absent f_rest_* set the degree
     columns = {name: col for name in names
                if (col := _float_point_attribute(attributes, name, n)) is not None}

@@ -2,8 +2,9 @@
 
 Gaussians become a PointCloud whose point attributes are the file's raw 3DGS properties under
 their PLY names (f_dc_0 ... f_rest_N ... opacity, scale_*, rot_*; float), so an untouched object
-exports back to the same values. Two more attributes are for display: `color` (RGBA, the DC
-colour in linear RGB, alpha = sigmoid(opacity)) and `radius` (geometric mean of the three scales).
+exports back to the same values. Two more attributes are for display (viewport, geometry nodes):
+`color` (RGBA, the DC colour in linear RGB, alpha = sigmoid(opacity)) and `radius` (geometric mean
+of the three scales; point clouds draw and render each point as a sphere of that radius).
 Cameras from cameras.json become Blender cameras with the same pinhole and their frame as the
 background image. Everything of one run hangs under one empty.
 """
@@ -56,7 +57,7 @@ def display_values(splats: ply.Splats) -> tuple[np.ndarray, np.ndarray]:
     srgb = ply.sh0_to_rgb(splats.sh0)
     # 3DGS colours are sRGB-encoded; Blender colour attributes are scene-linear.
     linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
-    alpha = 1.0 / (1.0 + np.exp(-splats.opacities.astype(np.float64)))
+    alpha = 0.5 + 0.5 * np.tanh(0.5 * splats.opacities.astype(np.float64))  # sigmoid, no overflow
     rgba = np.concatenate([linear, alpha[:, None]], axis=1).astype(np.float32)
     radius = np.exp(splats.scales.astype(np.float64).mean(axis=1)).astype(np.float32)
     return rgba, radius
@@ -65,6 +66,12 @@ def display_values(splats: ply.Splats) -> tuple[np.ndarray, np.ndarray]:
 def new_pointcloud(context, splats: ply.Splats, name: str) -> bpy.types.PointCloud:
     """A PointCloud datablock holding `splats` (no object). Blender 4.2-5.0 cannot add points to a
     PointCloud from Python, so the points go into a Mesh that Blender converts."""
+    if len(splats) == 0:  # nothing to convert (an empty mesh has no attributes at all)
+        pointcloud = bpy.data.pointclouds.new(name)
+        for key in [*ply.attribute_columns(splats), "radius"]:
+            pointcloud.attributes.new(key, "FLOAT", "POINT")
+        pointcloud.attributes.new("color", "FLOAT_COLOR", "POINT")
+        return pointcloud
     mesh = bpy.data.meshes.new(name)
     tmp = None
     try:

@@ -52,6 +52,8 @@ class BackendJob:
             self.process.cancel()
 
     def fraction(self) -> float:
+        if self.events_path is None:  # no progress events (pip): count the commands
+            return self.step / len(self.commands)
         ev = self.process.last_event if self.process else None
         return float(ev.get("progress", 0.0)) if ev else 0.0
 
@@ -81,7 +83,10 @@ class BackendJob:
             return "FAILED", proc.error_message()
         if self.step + 1 < len(self.commands):
             self.step += 1
-            self._start_step()
+            try:
+                self._start_step()
+            except RuntimeError as e:  # e.g. the new environment's python is missing
+                return "FAILED", str(e)
             return "RUNNING", ""
         try:
             return "FINISHED", (self.on_success(context) if self.on_success else f"{self.title} finished")
@@ -174,7 +179,13 @@ class _JobOperator:
             return {"RUNNING_MODAL"}
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
-        state, message = self._job.tick(context)
+        try:
+            state, message = self._job.tick(context)
+        except BaseException:  # never leave a job marked as running behind a bug
+            context.window_manager.event_timer_remove(self._timer)
+            self._job.process.stop()
+            finish_job(context)
+            raise
         if state == "RUNNING":
             return {"PASS_THROUGH"}
         context.window_manager.event_timer_remove(self._timer)
@@ -296,6 +307,7 @@ class FACESPLAT_OT_run(_JobOperator, Operator):
 
     bl_idname = "facesplat.run"
     bl_label = "Run FaceSplat"
+    bl_options = {"REGISTER", "UNDO"}  # the import at the end is one undo step
 
     def make_job(self, context):
         return run_job(context)
@@ -306,6 +318,7 @@ class FACESPLAT_OT_reisolate(_JobOperator, Operator):
 
     bl_idname = "facesplat.reisolate"
     bl_label = "Re-isolate Head"
+    bl_options = {"REGISTER", "UNDO"}
 
     @classmethod
     def poll(cls, context):

@@ -102,7 +102,7 @@ class BackendProcess:
             self._offset = self.events_path.stat().st_size if self.events_path.exists() else 0
         group = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}
                  if IS_WINDOWS else {"start_new_session": True})
-        with open(self.log_path, "wb") as log:
+        with open(self.log_path, "ab") as log:  # appends: a chain of commands shares one log
             try:
                 self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
                                              stderr=subprocess.STDOUT, env=self.env, **group)

@@ -442,3 +442,13 @@ def test_a_render_through_an_imported_camera_hits_the_predicted_pixel(blender, t
     centroid = np.array([(xs * weights).sum(), (ys * weights).sum()]) / weights.sum() + 0.5  # pixel centres
     assert weights.sum() > 0, "the sphere is not in the rendered box"
     assert np.abs(centroid - [u, v]).max() < 0.5, (centroid, (u, v))
+
+
+def test_an_empty_splat_file_imports_and_exports(blender, tmp_path):
+    """Isolation can keep nothing; the file is still valid and the object round-trips."""
+    write_splat_ply(tmp_path / "empty.ply", random_splats(5, 1).subset(np.zeros(5, bool)))
+    got = blender.call(w_import, tmp_path / "empty.ply")
+    assert got["type"] == "POINTCLOUD" and got["n"] == 0 and "f_rest_8" in got["attrs"]
+    assert blender.call(w_export, tmp_path / "empty.ply", tmp_path / "out.ply", (1, 2, 3)) is None
+    out = read_splat_ply(tmp_path / "out.ply")
+    assert len(out) == 0 and out.sh_degree == 1
