@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import bpy
 import numpy as np
 
 from .core import ply

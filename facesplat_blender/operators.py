@@ -4,8 +4,6 @@ Backend commands run as child processes (runner.py). From the UI they are modal 
 polling on a timer, so Blender stays responsive; from a script (EXEC) they block until done.
 """
 
-from __future__ import annotations
-
 import sys
 import tempfile
 import time

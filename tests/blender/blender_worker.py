@@ -22,12 +22,13 @@ ADDON_MODULE = "bl_ext.user_default.facesplat"
 
 def _build_module():
     """The repository's build.py, imported."""
-    if "build" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("build", REPO / "build.py")
+    name = "facesplat_build_script"  # not "build": that is also PyPA's package name
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "build.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        sys.modules["build"] = module
-    return sys.modules["build"]
+        sys.modules[name] = module
+    return sys.modules[name]
 
 
 def build_extension(output_dir: Path) -> Path:

@@ -190,7 +190,7 @@ def test_import_keeps_the_file_values_exactly(blender, tmp_path, degree):
     np.testing.assert_array_equal(attrs["position"], np.stack([arr["x"], arr["y"], arr["z"]], axis=1))
     for name in property_names(degree)[6:]:
         np.testing.assert_array_equal(attrs[name], arr[name], err_msg=name)
-    assert not any(name.startswith("f_rest_") for name in attrs) if degree == 0 else True
+    assert sum(name.startswith("f_rest_") for name in attrs) == 3 * ((degree + 1) ** 2 - 1)
     # display attributes
     assert attrs["color"].shape == (len(arr), 4)
     alpha = 1 / (1 + np.exp(-arr["opacity"].astype(np.float64)))
@@ -288,8 +288,10 @@ def write_png(path: Path, width: int, height: int) -> None:
     import zlib
 
     raw = b"".join(b"\x00" + bytes([90, 120, 160]) * width for _ in range(height))
-    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data  # noqa: E731
-                                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
                      + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
