@@ -1,0 +1,166 @@
+"""Bad input: one line of cause and advice on stderr, a non-zero exit, no traceback, nothing
+half-written. Real files, the real CLI (`python -m facesplat`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from facesplat.core.events import read_events
+from helpers import REPO, run_cli, write_video
+
+SHARED = REPO.parent / "shared" / "data"
+
+
+def assert_clean_failure(result, code, *words):
+    assert result.returncode == code, (result.returncode, result.stderr[-2000:])
+    err_lines = [l for l in result.stderr.splitlines() if l.startswith("facesplat: ")]
+    assert len(err_lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for w in words:
+        assert w in err_lines[0].lower(), err_lines[0]
+    return err_lines[0]
+
+
+def run_fails(tmp_path, *args, code=2, words=()):
+    out = tmp_path / "out" / "head.ply"
+    result = run_cli("run", *args, "--output", out, "--workspace", tmp_path / "ws", "--device", "cpu")
+    line = assert_clean_failure(result, code, *words)
+    assert not out.exists()  # nothing half-written
+    return line
+
+
+def face_video(path, n, size=(320, 240), noise_seed=None):
+    """A video of the astronaut photo over per-frame random noise (no parallax at all)."""
+    face = cv2.resize(cv2.imread(str(SHARED / "face_photos" / "astronaut.png")), (160, 160))
+    rng = np.random.default_rng(noise_seed)
+    frames = []
+    for _ in range(n):
+        f = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        f[40:200, 80:240] = face
+        frames.append(f)
+    return write_video(path, frames)
+
+
+def test_missing_video(tmp_path):
+    run_fails(tmp_path, "--video", tmp_path / "nope.mp4", words=("does not exist",))
+
+
+def test_text_file_is_not_a_video(tmp_path):
+    p = tmp_path / "notes.mp4"
+    p.write_text("hello\n" * 100)
+    run_fails(tmp_path, "--video", p, words=("video",))
+
+
+def test_zero_length_video(tmp_path):
+    p = tmp_path / "empty.mp4"
+    p.write_bytes(b"")
+    run_fails(tmp_path, "--video", p)
+
+
+def test_one_frame_video(tmp_path):
+    p = face_video(tmp_path / "one.mp4", 1)
+    run_fails(tmp_path, "--video", p, words=("frame",))
+
+
+def test_fewer_frames_than_asked(tmp_path):
+    p = face_video(tmp_path / "short.mp4", 10)
+    line = run_fails(tmp_path, "--video", p, "--num-frames", "40", "--height", "240")
+    assert "10" in line and "--num-frames" in line
+
+
+def test_no_face_in_any_frame(tmp_path):
+    marble = cv2.imread(str(SHARED / "backgrounds" / "Marble01_col_2k.jpg"))
+    frames = [cv2.resize(marble[i * 40:i * 40 + 540, i * 40:i * 40 + 960], (480, 270)) for i in range(8)]
+    p = write_video(tmp_path / "marble.mp4", frames)
+    run_fails(tmp_path, "--video", p, "--num-frames", "6", "--height", "270", code=3, words=("no face",))
+
+
+def test_sfm_registers_too_few_frames(tmp_path):
+    # Same face, independent noise: nothing to triangulate, so COLMAP cannot register the frames.
+    p = face_video(tmp_path / "flat.mp4", 12, size=(320, 240), noise_seed=1)
+    line = run_fails(tmp_path, "--video", p, "--num-frames", "8", "--height", "240", code=3,
+                     words=("structure from motion", "registered"))
+    assert "try" in line
+
+
+def test_unwritable_output_fails_before_any_work(tmp_path, capture_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where the output's folder should be
+    started = time.time()
+    result = run_cli("run", "--video", capture_dir / "video.mp4", "--output", blocker / "head.ply",
+                     "--workspace", tmp_path / "ws", "--device", "cpu")
+    assert_clean_failure(result, 2, "output")
+    assert time.time() - started < 20
+    assert not (tmp_path / "ws" / "frames").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_without_cuda(tmp_path, capture_dir):
+    result = run_cli("run", "--video", capture_dir / "video.mp4", "--output", tmp_path / "h.ply",
+                     "--workspace", tmp_path / "ws", "--device", "cuda")
+    assert_clean_failure(result, 4, "cuda", "--device cpu")
+
+
+def test_out_of_range_flags(tmp_path, capture_dir):
+    result = run_cli("run", "--video", capture_dir / "video.mp4", "--output", tmp_path / "h.ply",
+                     "--num-frames", "1")
+    assert_clean_failure(result, 2, "--num-frames")
+
+
+def test_isolate_on_an_empty_workspace(tmp_path):
+    (tmp_path / "ws").mkdir()
+    result = run_cli("isolate", "--workspace", tmp_path / "ws", "--output", tmp_path / "h.ply")
+    assert_clean_failure(result, 2, "facesplat run")
+
+
+def test_gpu_out_of_memory_becomes_a_clean_error(tmp_path, capture_dir, monkeypatch, capsys):
+    """A real OOM needs a GPU; here the train stage raises torch's own OOM exception type."""
+    from facesplat import cli, train
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train, "train", oom)
+    ws = tmp_path / "ws"
+    code = cli.main(["run", "--video", str(capture_dir / "video.mp4"), "--output", str(tmp_path / "h.ply"),
+                     "--workspace", str(ws), "--num-frames", "8", "--height", "270", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 4
+    assert err.count("facesplat: error:") == 1 and "out of memory" in err and "Traceback" not in err
+    events, _ = read_events(ws / "events.jsonl")
+    assert events[-1]["stage"] == "error" and "--device cpu" in events[-1]["message"]
+    assert not (tmp_path / "h.ply").exists()
+
+
+def test_ctrl_c_leaves_a_resumable_workspace(tmp_path, capture_dir):
+    ws = tmp_path / "ws"
+    args = ["run", "--video", capture_dir / "video.mp4", "--output", tmp_path / "h.ply", "--workspace", ws,
+            "--num-frames", "12", "--height", "270", "--num-iters", "2000", "--device", "cpu"]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "backend")}
+    proc = subprocess.Popen([sys.executable, "-m", "facesplat", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # interrupt once training has started
+        events, _ = read_events(ws / "events.jsonl")
+        if any(e["stage"] == "train" for e in events):
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "resume" in err
+    events, _ = read_events(ws / "events.jsonl")
+    assert events[-1]["stage"] == "error"
+    done = {p.name for p in (ws / "stages").iterdir()}
+    assert done == {"frames.done.json", "masks.done.json", "sfm.done.json"}
+    assert not (tmp_path / "h.ply").exists() and not (ws / "scene.ply").exists()

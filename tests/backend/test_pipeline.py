@@ -1,0 +1,132 @@
+"""The real pipeline end to end on a small capture: real frames, Haar masks, pycolmap, training,
+isolation, through the CLI; then resume, a changed parameter, and re-isolation."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from facesplat.core.cameras import read_cameras_json, project_points
+from facesplat.core.events import read_events
+from facesplat.core.ply import read_splat_ply
+from helpers import run_cli
+
+ARGS = ["--num-frames", "16", "--height", "270", "--num-iters", "150", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, capture_dir):
+    out = tmp_path_factory.mktemp("e2e")
+    ws = out / "ws"
+    started = time.time()
+    result = run_cli("run", "--video", capture_dir / "video.mp4", "--output", out / "head.ply", "--workspace", ws, *ARGS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, ws, time.time() - started, result
+
+
+def stage_events(ws):
+    events, _ = read_events(ws / "events.jsonl")
+    return events
+
+
+def fraction_inside_gt_masks(means, cameras, capture_dir):
+    """Fraction of (Gaussian, view) projections that land on the capture's true head mask."""
+    hits, total = 0, 0
+    for cam in cameras:
+        gt = cv2.imread(str(capture_dir / "masks" / f"{cam.frame_index:04d}.png"), cv2.IMREAD_GRAYSCALE)
+        gt = cv2.resize(gt, (cam.width, cam.height), interpolation=cv2.INTER_NEAREST)
+        gt = cv2.dilate(gt, np.ones((5, 5), np.uint8))  # 2 px of slack at the silhouette
+        uv, z = project_points(means, cam)
+        ok = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 1] >= 0) & (uv[:, 0] < cam.width) & (uv[:, 1] < cam.height)
+        u, v = uv[ok].astype(int).T
+        hits += int((gt[v, u] > 127).sum())
+        total += int(ok.sum())
+    return hits / max(total, 1)
+
+
+def test_run_writes_a_head_and_a_complete_workspace(finished_run, capture_dir):
+    out, ws, _, result = finished_run
+    head = read_splat_ply(out / "head.ply")
+    scene = read_splat_ply(ws / "scene.ply")
+    assert (out / "head.ply").read_bytes() == (ws / "head.ply").read_bytes()
+    assert head.sh_degree == 1
+    assert 50 < len(head) < len(scene)
+    cameras = read_cameras_json(ws / "cameras.json")
+    assert len(cameras) >= 14  # of 16 sampled
+    for cam in cameras:
+        assert (ws / cam.image).exists() and (ws / cam.mask).exists()
+        assert cam.distortion["model"] == "SIMPLE_RADIAL"
+    assert len({(c.fx, c.cx, c.cy) for c in cameras}) == 1  # one shared camera
+    report = json.loads((ws / "report.json").read_text())
+    for key in ("stage_seconds", "frames_sampled", "frames_with_face", "frames_registered",
+                "mean_reprojection_error_px", "gaussians_before_isolation", "gaussians_after_isolation",
+                "final_loss", "psnr_in_mask_db"):
+        assert key in report, key
+    assert set(report["stage_seconds"]) == {"frames", "masks", "sfm", "train", "isolate"}
+    assert report["mean_reprojection_error_px"] < 2.0
+    assert report["psnr_in_mask_db"] > 15
+    events = stage_events(ws)
+    assert events[-1]["stage"] == "done"
+    assert all(0.0 <= e["progress"] <= 1.0 for e in events)
+    assert (ws / "preview.png").exists()
+
+
+def test_isolation_keeps_the_head_and_drops_the_room(finished_run, capture_dir):
+    out, ws, _, _ = finished_run
+    cameras = read_cameras_json(ws / "cameras.json")
+    head = read_splat_ply(out / "head.ply")
+    scene = read_splat_ply(ws / "scene.ply")
+    head_fraction = fraction_inside_gt_masks(head.means, cameras, capture_dir)
+    scene_fraction = fraction_inside_gt_masks(scene.means, cameras, capture_dir)
+    assert head_fraction > 0.9, head_fraction
+    assert scene_fraction < head_fraction - 0.2, (scene_fraction, head_fraction)
+
+
+def test_rerun_resumes_every_finished_stage(finished_run, capture_dir):
+    out, ws, first_seconds, _ = finished_run
+    before = {p.name: p.stat().st_mtime_ns for p in (ws / "stages").iterdir()}
+    size = (ws / "events.jsonl").stat().st_size
+    result = run_cli("run", "--video", capture_dir / "video.mp4", "--output", out / "head.ply", "--workspace", ws, *ARGS)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(ws / "events.jsonl", "rb") as f:
+        f.seek(size)
+        new = [json.loads(line) for line in f]
+    reused = {e["stage"] for e in new if "already done" in e["message"]}
+    assert reused == {"frames", "masks", "sfm", "train", "isolate"}
+    assert {p.name: p.stat().st_mtime_ns for p in (ws / "stages").iterdir()} == before
+
+
+def test_isolate_with_another_threshold_changes_head_without_rendering(finished_run):
+    out, ws, _, _ = finished_run
+    default = read_splat_ply(out / "head.ply")
+    strict_path = out / "strict.ply"
+    size = (ws / "events.jsonl").stat().st_size
+    started = time.time()
+    result = run_cli("isolate", "--workspace", ws, "--output", strict_path, "--threshold", "0.8")
+    assert result.returncode == 0, result.stderr
+    strict = read_splat_ply(strict_path)
+    assert 0 < len(strict) < len(default)
+    with open(ws / "events.jsonl", "rb") as f:
+        f.seek(size)
+        new = [json.loads(line) for line in f]
+    assert not any("checked view" in e["message"] for e in new)  # cached visibility, no re-render
+    assert new[-1]["stage"] == "done"
+    assert time.time() - started < 30  # seconds (interpreter start included), not minutes
+
+
+def test_changed_training_parameter_reuses_earlier_stages(finished_run, capture_dir, tmp_path):
+    out, ws, _, _ = finished_run
+    args = [a if a != "150" else "40" for a in ARGS]
+    size = (ws / "events.jsonl").stat().st_size
+    result = run_cli("run", "--video", capture_dir / "video.mp4", "--output", tmp_path / "h.ply", "--workspace", ws, *args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(ws / "events.jsonl", "rb") as f:
+        f.seek(size)
+        new = [json.loads(line) for line in f]
+    reused = {e["stage"] for e in new if "already done" in e["message"]}
+    assert reused == {"frames", "masks", "sfm"}
+    assert any(e["stage"] == "train" and "step 40/40" in e["message"] for e in new)
