@@ -291,7 +291,7 @@ def test_float32_inputs(backend: str):
 def test_info_layout(backend: str):
     scene = build("sh3_background")
     n = scene["means"].shape[0]
-    _, _, info = rasterize(**{k: v for k, v in scene.items()}, backend=backend)
+    _, _, info = rasterize(**scene, backend=backend)
     assert info["means2d"].shape == (1, n, 2)
     assert info["radii"].shape == (1, n, 2) and info["radii"].dtype == torch.int32
     assert info["depths"].shape == (1, n)
