@@ -64,38 +64,61 @@ def display_values(splats: ply.Splats) -> tuple[np.ndarray, np.ndarray]:
 
 
 def new_pointcloud(context, splats: ply.Splats, name: str) -> bpy.types.PointCloud:
-    """A PointCloud datablock holding `splats` (no object). Blender 4.2-5.0 cannot add points to a
-    PointCloud from Python, so the points go into a Mesh that Blender converts."""
-    if len(splats) == 0:  # nothing to convert (an empty mesh has no attributes at all)
+    """A PointCloud datablock holding `splats` (no object, no user).
+
+    Blender 4.2-5.0 cannot add points to a PointCloud from Python, and 4.2 cannot convert a mesh
+    to one. So the points go into a Mesh, a temporary scene evaluates it through a Geometry Nodes
+    "Mesh to Points" (which carries every attribute along), and the evaluated point cloud is
+    copied out. The user's scene is never touched; nothing temporary survives.
+    """
+    if len(splats) == 0:  # nothing to evaluate (an empty mesh has no attributes at all)
         pointcloud = bpy.data.pointclouds.new(name)
         for key in [*ply.attribute_columns(splats), "radius"]:
             pointcloud.attributes.new(key, "FLOAT", "POINT")
         pointcloud.attributes.new("color", "FLOAT_COLOR", "POINT")
         return pointcloud
+    rgba, radius = display_values(splats)
     mesh = bpy.data.meshes.new(name)
-    tmp = None
+    scene = bpy.data.scenes.new(f".{name} (FaceSplat import)")
+    group = _mesh_to_points_group()
     try:
         mesh.vertices.add(len(splats))
         mesh.attributes["position"].data.foreach_set("vector", splats.means.ravel())
         for key, column in ply.attribute_columns(splats).items():
             mesh.attributes.new(key, "FLOAT", "POINT").data.foreach_set("value", column)
-        rgba, radius = display_values(splats)
         mesh.attributes.new("color", "FLOAT_COLOR", "POINT").data.foreach_set("color", rgba.ravel())
-        mesh.attributes.new("radius", "FLOAT", "POINT").data.foreach_set("value", radius)
-
-        tmp = bpy.data.objects.new(name, mesh)
-        context.scene.collection.objects.link(tmp)
-        with context.temp_override(active_object=tmp, object=tmp, selected_objects=[tmp],
-                                   selected_editable_objects=[tmp]):
-            bpy.ops.object.convert(target="POINTCLOUD")
-        if tmp.type != "POINTCLOUD":
-            raise RuntimeError("Blender did not convert the points to a point cloud")
-        return tmp.data
+        carrier = bpy.data.objects.new(name, mesh)
+        scene.collection.objects.link(carrier)
+        carrier.modifiers.new("to points", "NODES").node_group = group
+        with context.temp_override(scene=scene, view_layer=scene.view_layers[0]):
+            depsgraph = context.evaluated_depsgraph_get()
+        # The point cloud comes out of the modifier as an instance of the carrier object.
+        pointcloud = next((inst.object.data.copy() for inst in depsgraph.object_instances
+                           if inst.is_instance and inst.object.type == "POINTCLOUD"
+                           and inst.parent.original == carrier), None)
     finally:
-        if tmp is not None:
-            bpy.data.objects.remove(tmp)
-        if mesh.users == 0:
-            bpy.data.meshes.remove(mesh)
+        for ob in list(scene.objects):
+            bpy.data.objects.remove(ob)
+        bpy.data.scenes.remove(scene)
+        bpy.data.meshes.remove(mesh)
+        bpy.data.node_groups.remove(group)
+    if pointcloud is None:
+        raise RuntimeError("Blender did not turn the points into a point cloud")
+    pointcloud.name = name
+    # Mesh to Points writes its own radius; ours is the Gaussians' size.
+    pointcloud.attributes["radius"].data.foreach_set("value", radius)
+    return pointcloud
+
+
+def _mesh_to_points_group() -> bpy.types.NodeTree:
+    group = bpy.data.node_groups.new(".FaceSplat mesh to points", "GeometryNodeTree")
+    group.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+    group.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    inputs, outputs = group.nodes.new("NodeGroupInput"), group.nodes.new("NodeGroupOutput")
+    to_points = group.nodes.new("GeometryNodeMeshToPoints")
+    group.links.new(inputs.outputs[0], to_points.inputs["Mesh"])
+    group.links.new(to_points.outputs[0], outputs.inputs[0])
+    return group
 
 
 def splat_material() -> bpy.types.Material:
