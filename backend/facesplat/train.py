@@ -67,7 +67,7 @@ def train(cameras: list[CameraFrame], xyz: np.ndarray, rgb: np.ndarray, ws: Work
         for group in optimizers["means"].param_groups:
             group["lr"] *= means_decay
         strategy.step_post_backward(params, optimizers, state, step, info)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % 10 == 0 or step == cfg.num_iters - 1:
             emit("train", (step + 1) / cfg.num_iters,
                  f"step {step + 1}/{cfg.num_iters}, loss {np.mean(losses[-10:]):.4f}, {len(params['means'])} Gaussians")
