@@ -75,7 +75,7 @@ class _Composite(torch.autograd.Function):
         render = np.zeros((height, width, features.shape[1]))
         T_final = np.ones((height, width))
         n_used = np.zeros((height, width), dtype=np.int32)
-        _forward_kernel(*inputs, _balanced_order(inputs[4]), width, height, render, T_final, n_used)
+        _forward_kernel(*inputs, _balanced_order(tile_offsets.numpy()), width, height, render, T_final, n_used)
 
         ctx.save_for_backward(means2d, conics, opacities, features, tile_offsets, gauss_ids)
         ctx.T_final, ctx.n_used, ctx.width, ctx.height = T_final, n_used, width, height
@@ -91,7 +91,7 @@ class _Composite(torch.autograd.Function):
         v_means2d_e, v_conics_e = np.zeros((M, 2)), np.zeros((M, 3))
         v_opacities_e, v_features_e = np.zeros(M), np.zeros((M, D))
         _backward_kernel(
-            *inputs, _balanced_order(inputs[4]), ctx.width, ctx.height, ctx.T_final, ctx.n_used,
+            *inputs, _balanced_order(tile_offsets.numpy()), ctx.width, ctx.height, ctx.T_final, ctx.n_used,
             v_render.detach().double().contiguous().numpy(),
             v_alpha.detach().double()[..., 0].contiguous().numpy(),
             v_means2d_e, v_conics_e, v_opacities_e, v_features_e,
