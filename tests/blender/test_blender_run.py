@@ -1,13 +1,10 @@
-"""The Run, Cancel and Re-isolate operators end to end, against two backends:
+"""The Run, Cancel and Re-isolate operators end to end against the REAL backend on the CPU, on a
+tiny capture (16 frames at 180 px, 30 iterations). If only these fail, the add-on and the backend
+CLI disagree or the backend is broken; the assertion message carries the backend's one-line cause
+and the tail of its log.
 
-- "stub": tests/blender/stub_backend, a stand-in with the same command line and workspace files,
-  so the add-on's side is tested whatever state the backend is in;
-- "real": the REAL backend on the CPU on a tiny capture (16 frames at 180 px, 30 iterations),
-  marked `backend`. If only these fail, the add-on and the backend CLI disagree or the backend
-  is broken; the assertion message carries the backend's one-line cause and the tail of its log.
-
-For each backend the tests share one workspace and run in file order: cancel first, then a full
-run resumes the same workspace, then re-isolation.
+The tests share one workspace and run in file order: cancel first, then a full run resumes the
+same workspace, then re-isolation.
 """
 
 import json
@@ -25,29 +22,27 @@ from facesplat.core.ply import read_splat_ply  # noqa: E402
 LPS = REPO.parent / "shared" / "data" / "captures" / "lps_orbit160"  # the sample capture
 VIDEO = LPS / "video.mp4"
 TINY = {"num_frames": 16, "height": 180, "num_iters": 30}  # 10 frames register too few for SfM
-BACKENDS = {"stub": Path(__file__).resolve().parent / "stub_backend", "real": REPO / "backend"}
+BACKEND = REPO / "backend"
 
 if not VIDEO.exists():
     pytest.skip("sample capture not present", allow_module_level=True)
 
 
-@pytest.fixture(scope="module", params=["stub", pytest.param("real", marks=pytest.mark.backend)])
-def backend(request):
-    return request.param
+pytestmark = pytest.mark.backend
 
 
 @pytest.fixture(scope="module")
-def blender(backend, extension_zip, tmp_path_factory):
-    """A Blender whose backend Python is this test's interpreter, with the chosen `facesplat` first on its path."""
+def blender(extension_zip, tmp_path_factory):
+    """A Blender whose backend Python is this test's interpreter, with the checkout's `facesplat` on its path."""
     worker = BlenderWorker(tmp_path_factory.mktemp("blender_home"), extension_zip,
-                           env={"PYTHONPATH": str(BACKENDS[backend])})
+                           env={"PYTHONPATH": str(BACKEND)})
     yield worker
     worker.close()
 
 
 @pytest.fixture(scope="module")
-def workspace(backend, tmp_path_factory):
-    return tmp_path_factory.mktemp(f"run_{backend}") / "lps workspace"  # a space, to catch quoting bugs
+def workspace(tmp_path_factory):
+    return tmp_path_factory.mktemp("run") / "lps workspace"  # a space, to catch quoting bugs
 
 
 # ---- run inside Blender -------------------------------------------------------------------------
