@@ -14,10 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from .core.events import TERMINAL_STAGES, read_events
+from .core.events import STAGES, TERMINAL_STAGES, read_events
 
-# The backend's stages in order (backend/facesplat/workspace.py STAGES), for "stage 3 of 5".
-STAGES = ("frames", "masks", "sfm", "train", "isolate")
 IS_WINDOWS = sys.platform == "win32"
 
 

@@ -24,9 +24,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .core.events import STAGES
 from .errors import InputError
-
-STAGES = ("frames", "masks", "sfm", "train", "isolate")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
