@@ -38,7 +38,7 @@ class HeadStrategy(DefaultStrategy):
         return super()._grow_gs(params, optimizers, state, step)
 
 
-def scaled_strategy(num_iters: int, max_gaussians: int) -> HeadStrategy:
+def scaled_strategy(num_iters: int, max_gaussians: int, grow_grad2d: float) -> HeadStrategy:
     """The 3DGS schedule (refine 500..15000 every 100, reset every 3000) scaled to `num_iters`,
     with floors so very short runs still refine on averaged gradients and reset at most rarely."""
     s = num_iters / REFERENCE_STEPS
@@ -48,4 +48,5 @@ def scaled_strategy(num_iters: int, max_gaussians: int) -> HeadStrategy:
         refine_every=max(int(100 * s), 10),
         reset_every=max(int(3000 * s), 200),
         max_gaussians=max_gaussians,
+        grow_grad2d=grow_grad2d,
     )

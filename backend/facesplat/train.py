@@ -41,7 +41,7 @@ def train(cameras: list[CameraFrame], xyz: np.ndarray, rgb: np.ndarray, ws: Work
     scene_scale = 1.1 * float(np.linalg.norm(centers - centers.mean(0), axis=1).max() or 1.0)
     optimizers = make_optimizers(params, scene_scale)
     means_decay = 0.01 ** (1.0 / max(cfg.num_iters, 1))  # means lr falls 100x over the run
-    strategy = scaled_strategy(cfg.num_iters, cfg.max_gaussians)
+    strategy = scaled_strategy(cfg.num_iters, cfg.max_gaussians, cfg.grow_grad2d)
     strategy.check_sanity(params, optimizers)
     state = strategy.initialize_state(scene_scale=scene_scale)
     sh_start = cfg.num_iters // 4  # degree 1 once the base colours have settled
@@ -52,7 +52,7 @@ def train(cameras: list[CameraFrame], xyz: np.ndarray, rgb: np.ndarray, ws: Work
         if not order:
             order = list(rng.permutation(len(views)))
         view = views[order.pop()]
-        image, mask, K, w, h = view.crop()
+        image, mask, K, w, h = view.crop(downscale=2 if step < cfg.coarse_fraction * cfg.num_iters else 1)
         background = torch.rand(3, device=device)
         splats = activated(params)
         render, alpha, info = rasterize(

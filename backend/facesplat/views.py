@@ -32,13 +32,23 @@ class View:
     def height(self) -> int:
         return self.camera.height
 
-    def crop(self):
-        """(image, mask, K, width, height) of the head box: what the loss needs, nothing more."""
+    def crop(self, downscale: int = 1):
+        """(image, mask, K, width, height) of the head box: what the loss needs, nothing more.
+
+        `downscale` > 1 averages blocks of pixels (coarse early training steps cost less)."""
         x0, y0, x1, y1 = self.box
+        image, mask = self.image[y0:y1, x0:x1], self.mask[y0:y1, x0:x1]
         K = self.K.clone()
         K[0, 2] -= x0
         K[1, 2] -= y0
-        return self.image[y0:y1, x0:x1], self.mask[y0:y1, x0:x1], K, x1 - x0, y1 - y0
+        if downscale > 1:
+            h, w = (y1 - y0) // downscale, (x1 - x0) // downscale
+            both = torch.cat([image, mask], dim=2)[: h * downscale, : w * downscale]
+            both = both.reshape(h, downscale, w, downscale, 4).mean(dim=(1, 3))
+            image, mask = both[..., :3], both[..., 3:]
+            K[:2] /= downscale  # continuous pixel coordinates (centres at +0.5) scale exactly
+            return image, mask, K, w, h
+        return image, mask, K, x1 - x0, y1 - y0
 
 
 def undistort(img: np.ndarray, cam: CameraFrame, interpolation=cv2.INTER_LINEAR) -> np.ndarray:
