@@ -56,7 +56,8 @@ def load_image_folder(folder: Path, ws: Workspace, cfg: FramesConfig,
     for k, index in enumerate(picks):
         image = cv2.imread(str(paths[index]), cv2.IMREAD_COLOR)
         if image is None:
-            raise InputError(f"cannot read image {paths[index]}; remove it from the folder or save it again as JPEG or PNG")
+            raise InputError(f"cannot read image {paths[index]}; "
+                             "remove it from the folder or save it again as JPEG or PNG")
         records.append(_save_frame(ws, index, resize_to_height(image, cfg.height)))
         _emit(events, (k + 1) / len(picks), f"loaded photo {k + 1} of {len(picks)}")
     return _finish(records, ws)
