@@ -77,6 +77,9 @@ class IsolateConfig:
     """Keep a Gaussian whose visible appearances fall inside the head mask in more than this fraction of views."""
     min_opacity: float = 0.05
     """...and whose opacity exceeds this."""
+    hull_fraction: float = 0.7
+    """...and whose centre projects onto the head mask in more than this fraction of all views
+    (the masks' visual hull; below 1 to forgive a few misplaced interpolated masks)."""
 
 
 @dataclass

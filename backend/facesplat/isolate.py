@@ -6,7 +6,11 @@ with respect to Gaussian i's features is (sum over pixels of mask * w_i, sum of 
 w_i = alpha_i * T_i is its blending weight: how much of the view it really shows, occlusion included.
 A Gaussian is *visible* in a view when its total weight exceeds `VISIBLE_WEIGHT`, and *inside* when
 more than half of that weight falls on the head mask. We keep Gaussians inside in more than
-`threshold` of their visible views whose opacity exceeds `min_opacity`.
+`threshold` of their visible views whose opacity exceeds `min_opacity`, and that lie inside the
+masks' visual hull: their centre projects onto the mask in more than `hull_fraction` of all views.
+The hull test is needed because the visibility vote alone keeps room surfaces far behind the head
+that are seen, in the views where they are not hidden, through the mask's margin around the head
+(on the sample capture: 57 % of the kept Gaussians were on the true head without it, 92 % with it).
 
 The per-Gaussian counts are cached in isolation.npz, so re-isolating with another threshold
 takes no rendering at all.
@@ -21,6 +25,7 @@ import torch
 
 from .config import IsolateConfig
 from .core.events import EventWriter
+from .core.cameras import project_points
 from .core.ply import Splats, read_splat_ply, write_splat_ply
 from .gaussians import params_from_splats
 from .render import rasterize
@@ -32,7 +37,8 @@ VISIBLE_WEIGHT = 0.1  # in pixels' worth of blending weight
 
 def visibility_stats(splats: Splats, views: list[View], renderer: str, device,
                      events: EventWriter | None = None) -> dict[str, np.ndarray]:
-    """Per Gaussian: number of views it is visible in, and in how many of those it is inside the mask."""
+    """Per Gaussian: the views it is visible in, how many of those see it inside the mask, and in
+    how many of all views its centre projects onto the mask (the visual hull test)."""
     emit = events.emit if events else (lambda *a, **k: None)
     p = params_from_splats(splats, device)
     means, quats = p["means"], p["quats"]
@@ -40,7 +46,9 @@ def visibility_stats(splats: Splats, views: list[View], renderer: str, device,
     n = len(splats)
     visible = np.zeros(n, np.int32)
     inside = np.zeros(n, np.int32)
+    in_hull = np.zeros(n, np.int32)
     for i, view in enumerate(views):
+        in_hull += centres_on_mask(splats.means, view)
         features = torch.ones(n, 2, device=device, requires_grad=True)
         render, _, _ = rasterize(means, quats, scales, opacities, features, view.viewmat, view.K,
                                  view.width, view.height, backgrounds=torch.zeros(2, device=device),
@@ -51,7 +59,19 @@ def visibility_stats(splats: Splats, views: list[View], renderer: str, device,
         visible += seen
         inside += seen & (grad[:, 0] > 0.5 * grad[:, 1])
         emit("isolate", (i + 1) / len(views), f"checked view {i + 1} of {len(views)}")
-    return {"visible_views": visible, "inside_views": inside}
+    return {"visible_views": visible, "inside_views": inside, "hull_views": in_hull,
+            "num_views": np.array(len(views))}
+
+
+def centres_on_mask(means: np.ndarray, view: View) -> np.ndarray:
+    """[N] bool: the centre projects in front of the camera, into the frame, onto mask > 0.5."""
+    uv, z = project_points(means, view.camera, distort=False)  # view masks are undistorted
+    u, v = np.floor(uv[:, 0]).astype(np.int64), np.floor(uv[:, 1]).astype(np.int64)
+    ok = (z > 0) & (u >= 0) & (v >= 0) & (u < view.width) & (v < view.height)
+    mask = view.mask[..., 0].cpu().numpy()
+    hit = np.zeros(len(means), bool)
+    hit[ok] = mask[v[ok], u[ok]] > 0.5
+    return hit
 
 
 def select_head(splats: Splats, stats: dict[str, np.ndarray], cfg: IsolateConfig) -> np.ndarray:
@@ -59,7 +79,8 @@ def select_head(splats: Splats, stats: dict[str, np.ndarray], cfg: IsolateConfig
     visible, inside = stats["visible_views"], stats["inside_views"]
     fraction = np.where(visible > 0, inside / np.maximum(visible, 1), 0.0)
     opacity = 1.0 / (1.0 + np.exp(-splats.opacities.astype(np.float64)))
-    return (visible > 0) & (fraction > cfg.threshold) & (opacity > cfg.min_opacity)
+    in_hull = stats["hull_views"] > cfg.hull_fraction * int(stats["num_views"])
+    return (visible > 0) & (fraction > cfg.threshold) & (opacity > cfg.min_opacity) & in_hull
 
 
 def scene_fingerprint(ws: Workspace) -> str:
@@ -73,7 +94,7 @@ def load_stats(ws: Workspace) -> dict[str, np.ndarray] | None:
         with np.load(ws.isolation_npz) as data:
             if str(data["scene"]) != scene_fingerprint(ws):
                 return None
-            return {"visible_views": data["visible_views"], "inside_views": data["inside_views"]}
+            return {key: data[key] for key in ("visible_views", "inside_views", "hull_views", "num_views")}
     except (OSError, KeyError, ValueError):
         return None
 
