@@ -27,7 +27,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "backend"))
 
-from facesplat.core.cameras import CameraFrame, read_cameras_json  # noqa: E402
+from facesplat.core.cameras import read_cameras_json  # noqa: E402
 from facesplat.core.ply import read_splat_ply  # noqa: E402
 from facesplat.gaussians import activated, params_from_splats  # noqa: E402
 from facesplat.render import rasterize  # noqa: E402

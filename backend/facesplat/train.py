@@ -16,7 +16,6 @@ import time
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .config import TrainConfig
 from .core.cameras import CameraFrame

@@ -3,7 +3,6 @@ half-written. Real files, the real CLI (`python -m facesplat`)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

@@ -15,15 +15,7 @@ from facesplat.errors import InputError
 from facesplat.frames import (extract_video_frames, load_image_folder, resize_to_height, rotate_clockwise,
                               sampling_windows)
 from facesplat.workspace import Workspace
-
-
-def write_video(path, frames, fps=24):
-    h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    for frame in frames:
-        writer.write(frame)
-    writer.release()
-    return path
+from helpers import write_video
 
 
 def numbered_frame(i, size=(96, 128)):

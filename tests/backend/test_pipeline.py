@@ -33,6 +33,12 @@ def stage_events(ws):
     return events
 
 
+def events_after(ws, offset: int) -> list[dict]:
+    """The events a command appended after byte `offset` of events.jsonl."""
+    events, _ = read_events(ws / "events.jsonl", offset)
+    return events
+
+
 def fraction_inside_gt_masks(means, cameras, capture_dir):
     """Fraction of (Gaussian, view) projections that land on the capture's true head mask."""
     hits, total = 0, 0
@@ -92,9 +98,7 @@ def test_rerun_resumes_every_finished_stage(finished_run, capture_dir):
     size = (ws / "events.jsonl").stat().st_size
     result = run_cli("run", "--video", capture_dir / "video.mp4", "--output", out / "head.ply", "--workspace", ws, *ARGS)
     assert result.returncode == 0, result.stderr[-2000:]
-    with open(ws / "events.jsonl", "rb") as f:
-        f.seek(size)
-        new = [json.loads(line) for line in f]
+    new = events_after(ws, size)
     reused = {e["stage"] for e in new if "already done" in e["message"]}
     assert reused == {"frames", "masks", "sfm", "train", "isolate"}
     assert {p.name: p.stat().st_mtime_ns for p in (ws / "stages").iterdir()} == before
@@ -110,9 +114,7 @@ def test_isolate_with_another_threshold_changes_head_without_rendering(finished_
     assert result.returncode == 0, result.stderr
     strict = read_splat_ply(strict_path)
     assert 0 < len(strict) < len(default)
-    with open(ws / "events.jsonl", "rb") as f:
-        f.seek(size)
-        new = [json.loads(line) for line in f]
+    new = events_after(ws, size)
     assert not any("checked view" in e["message"] for e in new)  # cached visibility, no re-render
     assert new[-1]["stage"] == "done"
     assert time.time() - started < 30  # seconds (interpreter start included), not minutes
@@ -124,9 +126,7 @@ def test_changed_training_parameter_reuses_earlier_stages(finished_run, capture_
     size = (ws / "events.jsonl").stat().st_size
     result = run_cli("run", "--video", capture_dir / "video.mp4", "--output", tmp_path / "h.ply", "--workspace", ws, *args)
     assert result.returncode == 0, result.stderr[-2000:]
-    with open(ws / "events.jsonl", "rb") as f:
-        f.seek(size)
-        new = [json.loads(line) for line in f]
+    new = events_after(ws, size)
     reused = {e["stage"] for e in new if "already done" in e["message"]}
     assert reused == {"frames", "masks", "sfm"}
     assert any(e["stage"] == "train" and "step 40/40" in e["message"] for e in new)

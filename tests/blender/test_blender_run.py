@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from blender_worker import REPO, BlenderWorker, addon, reset_scene, scene_snapshot
+from blender_worker import REPO, BlenderWorker, addon, process_group_members, reset_scene, scene_snapshot
 
 sys.path.insert(0, str(REPO / "backend"))
 from facesplat.core.ply import read_splat_ply  # noqa: E402
@@ -143,18 +143,6 @@ def w_run_failing(bad_video, workspace):
 
 # ---- tests --------------------------------------------------------------------------------------
 
-def _group_alive(pgid: int) -> list[int]:
-    alive = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            alive.append(int(stat.parent.name))
-    return alive
-
-
 def test_cancel_stops_the_backend_and_leaves_blender_and_the_workspace_sound(blender, workspace):
     blender.call(w_configure, sys.executable, VIDEO, workspace, TINY)
     out = blender.call(w_run_then_cancel, timeout=400)
@@ -162,9 +150,9 @@ def test_cancel_stops_the_backend_and_leaves_blender_and_the_workspace_sound(ble
     assert out["state"] == "CANCELLED", f"{out['state']}: {out['message']}\n{out['log']}"
     if Path("/proc").exists():
         deadline = time.monotonic() + 5
-        while _group_alive(out["pid"]) and time.monotonic() < deadline:
+        while process_group_members(out["pid"]) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _group_alive(out["pid"]) == [], "processes of the cancelled run are still alive"
+        assert process_group_members(out["pid"]) == [], "processes of the cancelled run are still alive"
     assert out["after"] == out["before"], "a cancelled run changed the scene"
     assert not out["running"]
     # the workspace is sound: whole lines only, no half-written files

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from blender_worker import import_addon_module
+from blender_worker import import_addon_module, process_group_members
 
 runner = import_addon_module("runner")
 
@@ -103,18 +103,6 @@ def test_missing_interpreter_is_a_clear_error(tmp_path):
         runner.BackendProcess([str(tmp_path / "no-python"), "-V"], tmp_path / "log.txt").start()
 
 
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(stat.parent.name))
-    return members
-
-
 def _alive(pid: int) -> bool:
     """Running (a zombie waiting for its reaper does not count)."""
     try:
@@ -142,13 +130,13 @@ def test_cancel_stops_the_whole_process_tree(tmp_path, ignores_sigterm):
         proc.poll()
         time.sleep(0.05)
     grandchild = int(proc.last_event["message"].split()[1])
-    assert set(_group_members(proc.pid)) == {proc.pid, grandchild}
+    assert set(process_group_members(proc.pid)) == {proc.pid, grandchild}
     proc.cancel()
     assert proc.wait(10) is not None
     assert proc.cancelled and not proc.succeeded
     deadline = time.monotonic() + 5
-    while _group_members(proc.pid) and time.monotonic() < deadline:
+    while process_group_members(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _group_members(proc.pid) == []
+    assert process_group_members(proc.pid) == []
     assert not _alive(grandchild)
     assert proc.returncode == (-signal.SIGKILL if ignores_sigterm else -signal.SIGTERM)
