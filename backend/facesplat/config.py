@@ -28,7 +28,7 @@ class MaskConfig:
     """Ellipse size relative to the detected face box (covers hair, ears and neck)."""
     blur_fraction: float = 0.15
     """Gaussian blur sigma as a fraction of the ellipse's minor axis (soft edge)."""
-    min_face_fraction: float = 0.06
+    min_face_fraction: float = 0.12
     """Smallest face to detect, as a fraction of the frame height."""
 
 

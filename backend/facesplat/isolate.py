@@ -27,6 +27,7 @@ from .config import IsolateConfig
 from .core.events import EventWriter
 from .core.cameras import project_points
 from .core.ply import Splats, read_splat_ply, write_splat_ply
+from .errors import StageError
 from .gaussians import params_from_splats
 from .render import rasterize
 from .views import View
@@ -115,6 +116,11 @@ def isolate_head(ws: Workspace, cfg: IsolateConfig, views_loader, renderer: str,
         stats = visibility_stats(splats, views_loader(), renderer, device, events)
         save_stats(ws, stats)
     keep = select_head(splats, stats, cfg)
+    if not keep.any():
+        raise StageError(
+            f"head isolation kept none of the {len(splats)} Gaussians; the head masks probably miss the head "
+            f"in most views (see masks.json: few frames with a detected face?); try a lower --threshold, or a "
+            f"capture where the face is visible in most frames")
     head = splats.subset(keep)
     write_splat_ply(ws.head_ply, head)
     emit("isolate", 1.0, f"kept {len(head)} of {len(splats)} Gaussians")

@@ -140,6 +140,9 @@ def reisolate(ws: Workspace, output: Path, cfg: Config, events: EventWriter, dev
     except KeyboardInterrupt:
         events.emit("error", 0.0, "isolation interrupted")
         raise Cancelled("isolation interrupted; head.ply is unchanged") from None
+    except FaceSplatError as err:
+        events.emit("error", 0.0, str(err))
+        raise
     ws.update_report(**summary)
     events.emit("done", 1.0, f"wrote {output} ({summary['gaussians_after_isolation']} Gaussians)",
                 output=str(Path(output).resolve()))
