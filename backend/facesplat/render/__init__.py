@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DeviceError
+from .projection import make_info, prepare
 
 BACKENDS = ("gsplat", "cpu", "torch")
 _DEVICE_OF = {"gsplat": "cuda", "cpu": "cpu"}  # the torch backend runs on any device
@@ -93,9 +94,16 @@ def rasterize(
         )
 
     if backend == "gsplat":
-        from . import gsplat_backend as impl
-    elif backend == "cpu":
-        from . import cpu_backend as impl
+        from . import gsplat_backend
+
+        return gsplat_backend.rasterize(means, quats, scales, opacities, colors, viewmat, K, width, height,
+                                        sh_degree, backgrounds)
+    # cpu and torch share the PyTorch projection and binning; only the compositing differs.
+    if backend == "cpu":
+        from .cpu_backend import composite
     else:
-        from . import torch_backend as impl
-    return impl.rasterize(means, quats, scales, opacities, colors, viewmat, K, width, height, sh_degree, backgrounds)
+        from .torch_backend import composite
+    p = prepare(means, quats, scales, opacities, colors, viewmat, K, width, height, sh_degree)
+    render, alpha = composite(p.means2d[0], p.conics, p.opacities, p.features, p.tile_offsets, p.gauss_ids,
+                              width, height, backgrounds)
+    return render, alpha, make_info(p, width, height)

@@ -11,30 +11,10 @@ import math
 import torch
 from torch import Tensor
 
-from .projection import ALPHA_MAX, ALPHA_MIN, T_MIN, TILE_SIZE, make_info, prepare
+from .projection import ALPHA_MAX, ALPHA_MIN, T_MIN, TILE_SIZE
 
 MAX_BATCH_ELEMENTS = 1 << 22
 """Pixel x Gaussian pairs evaluated at once; bounds memory (each pair keeps ~10 floats for autograd)."""
-
-
-def rasterize(
-    means: Tensor,  # [N, 3]
-    quats: Tensor,  # [N, 4]
-    scales: Tensor,  # [N, 3]
-    opacities: Tensor,  # [N]
-    colors: Tensor,  # [N, K, 3] SH if sh_degree is not None, else [N, D]
-    viewmat: Tensor,  # [4, 4] world->camera, OpenCV
-    K: Tensor,  # [3, 3]
-    width: int,
-    height: int,
-    sh_degree: int | None = None,
-    backgrounds: Tensor | None = None,  # [D]
-) -> tuple[Tensor, Tensor, dict]:  # [H, W, D], [H, W, 1], info
-    p = prepare(means, quats, scales, opacities, colors, viewmat, K, width, height, sh_degree)
-    render, alpha = composite(
-        p.means2d[0], p.conics, p.opacities, p.features, p.tile_offsets, p.gauss_ids, width, height, backgrounds
-    )
-    return render, alpha, make_info(p, width, height)
 
 
 def composite(
