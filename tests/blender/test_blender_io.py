@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -284,17 +285,9 @@ def test_bad_cameras_json_leaves_the_scene_untouched(blender, tmp_path):
 
 
 def write_png(path: Path, width: int, height: int) -> None:
-    import struct
-    import zlib
-
-    raw = b"".join(b"\x00" + bytes([90, 120, 160]) * width for _ in range(height))
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
+    """A plain frame image (RGB 90, 120, 160) for a camera's background."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    cv2.imwrite(str(path), np.full((height, width, 3), (160, 120, 90), np.uint8))  # BGR
 
 
 def lps_frames(step=8) -> list[CameraFrame]:
