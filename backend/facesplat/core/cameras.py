@@ -19,12 +19,12 @@ World units are those of the PLY files written by the same run.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .files import atomic_write_bytes
 
 # OpenCV camera axes -> Blender camera axes (Blender looks down -Z with +Y up).
 _FLIP_YZ = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -118,15 +118,7 @@ def write_cameras_json(path, frames: list[CameraFrame], **extra) -> Path:
     path = Path(path)
     doc = {"convention": "opencv", "matrix": "world_to_camera", **extra,
            "frames": [f.to_json() for f in frames]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, (json.dumps(doc, indent=1) + "\n").encode())
     return path
 
 

@@ -9,12 +9,12 @@ Values are stored raw, so reading and writing a file reproduces it exactly.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .files import atomic_write_bytes
 
 # A header larger than this is not a splat file (guards against reading a huge text file).
 MAX_HEADER_BYTES = 64 * 1024
@@ -144,15 +144,7 @@ def write_splat_ply(path, splats: Splats) -> Path:
     """Write atomically: a temp file in the same folder, then a rename."""
     path = Path(path)
     data = splats_to_ply_bytes(splats)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
     return path
 
 
