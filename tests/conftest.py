@@ -9,6 +9,8 @@ CAPTURE = SHARED / "data" / "captures" / "lps_orbit160"
 
 # Tests import the backend from the checkout (also works without `pip install -e backend`).
 sys.path.insert(0, str(REPO / "backend"))
+# The benchmarks' ground truth of the rendered captures (capture_truth.py) is shared with tests.
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,8 @@ from facesplat.frames import extract_video_frames, load_image_folder
 from facesplat.masks import HeadEllipse, compute_masks, fill_gaps, reject_outliers
 from facesplat.workspace import Workspace
 
+from capture_truth import true_head_mask
+
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 MARBLE = DATA / "backgrounds" / "Marble01_col_2k.jpg"
 # Faces in a head capture fill a large part of the frame; a larger minimum also makes Haar faster.
@@ -24,30 +26,6 @@ CFG = MaskConfig(min_face_fraction=0.12)
 CAPTURE_FRAMES = 12
 
 pytestmark = pytest.mark.skipif(not MARBLE.exists(), reason=f"shared test data not found at {DATA}")
-
-
-def true_head_mask(capture_dir, frame_index):
-    """The capture's true mask cut at the neck: the scan's triangles above `neck_cut_z`, projected
-    with the frame's camera, filled, and intersected with the true mask of the whole bust."""
-    text = (capture_dir / "head_mesh.ply").read_text()
-    header, body = text.split("end_header\n")
-    counts = {line.split()[1]: int(line.split()[2]) for line in header.splitlines() if line.startswith("element")}
-    numbers = np.array(body.split(), float)
-    vertices = numbers[:3 * counts["vertex"]].reshape(-1, 3)  # [V, 3] metres, Z up
-    faces = numbers[3 * counts["vertex"]:].reshape(-1, 4)[:, 1:].astype(int)  # [F, 3] (triangles)
-    neck_cut_z = json.loads((capture_dir / "scene.json").read_text())["neck_cut_z"]
-    faces = faces[(vertices[faces][:, :, 2] > neck_cut_z).all(axis=1)]
-
-    cam = next(c for c in json.loads((capture_dir / "cameras.json").read_text())["frames"] if c["frame"] == frame_index)
-    w2c = np.array(cam["w2c"])  # [4, 4] world -> camera, OpenCV axes
-    p = vertices @ w2c[:3, :3].T + w2c[:3, 3]
-    uv = np.stack([cam["fx"] * p[:, 0] / p[:, 2] + cam["cx"], cam["fy"] * p[:, 1] / p[:, 2] + cam["cy"]], axis=1)
-    outlines = np.zeros((cam["height"], cam["width"]), np.uint8)
-    cv2.polylines(outlines, np.round(uv[faces] * 16).astype(np.int32), True, 255, shift=4)
-    contours, _ = cv2.findContours(outlines, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    head = cv2.drawContours(np.zeros_like(outlines), contours, -1, 255, thickness=-1) > 0
-    bust = cv2.imread(str(capture_dir / "masks" / f"{frame_index:04d}.png"), cv2.IMREAD_GRAYSCALE) > 127
-    return head & bust, bust
 
 
 @pytest.fixture(scope="module")
