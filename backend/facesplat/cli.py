@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import Config, FramesConfig, IsolateConfig, TrainConfig
+from .config import Config, FramesConfig, IsolateConfig, MaskConfig, TrainConfig
 from .errors import FaceSplatError
 
 _DEFAULTS = Config()
@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--height", type=int, default=FramesConfig.height, help="frame height in pixels (default %(default)s)")
     run.add_argument("--num-iters", type=int, default=TrainConfig.num_iters, help="training steps (default %(default)s)")
     run.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu", "mps"], help="compute device (default auto)")
+    run.add_argument("--ellipse-masks", action="store_true",
+                     help="keep the plain head ellipses instead of cutting them to the head's silhouette by colour "
+                          "(try it when head.ply misses hair or ears that match the background's colour)")
     _isolation_args(run)
 
     iso = sub.add_parser("isolate", help="re-run head isolation on a finished workspace (seconds)")
@@ -115,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             workspace = args.workspace or args.output.with_name(args.output.stem + "_workspace")
             ws = Workspace(workspace)
             cfg = Config(frames=FramesConfig(num_frames=args.num_frames, height=args.height),
-                         train=TrainConfig(num_iters=args.num_iters), isolate=iso, device=args.device)
+                         masks=MaskConfig(refine=not args.ellipse_masks), train=TrainConfig(num_iters=args.num_iters),
+                         isolate=iso, device=args.device)
             report = pipeline.run(args.video or args.images, args.images is not None, args.output, ws, cfg,
                                   EventWriter(ws.events, echo=progress))
             progress.close()

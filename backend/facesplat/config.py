@@ -30,6 +30,11 @@ class MaskConfig:
     """Gaussian blur sigma as a fraction of the ellipse's minor axis (soft edge)."""
     min_face_fraction: float = 0.12
     """Smallest face to detect, as a fraction of the frame height."""
+    refine: bool = True
+    """Cut each ellipse down to the head's silhouette by colour (GrabCut), so that background
+    inside the ellipse is not trained as head (it became semi-transparent fog around the scalp)."""
+    refine_margin: float = 0.02
+    """Grow the silhouette by this fraction of the ellipse's minor axis (benefit of the doubt)."""
 
 
 @dataclass

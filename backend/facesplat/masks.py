@@ -1,17 +1,21 @@
-"""Stage 2: a soft elliptical head mask per frame, placed from Haar face detections.
+"""Stage 2: a soft head mask per frame, placed from Haar face detections.
 
 Per frame: the largest face found by OpenCV's frontal cascade or its profile cascade (run on the
 frame and on its mirror image, since it only knows one side), turned into a head ellipse. Frames
-without a trustworthy face take the ellipse interpolated from their neighbours in time.
+without a trustworthy face take the ellipse interpolated from their neighbours in time. The soft
+ellipse is then cut down to the head's silhouette inside it by colour (GrabCut seeded with the
+ellipse: its core is head, its outside background); a frame where that fails keeps the ellipse.
 
 Writes `masks/<NNNNNN>.png` (uint8, 255 = head; same names as frames/) and `masks.json`:
     [{"frame_index", "mask": "masks/000012.png", "source": "frontal" | "profile" | "interpolated",
-      "center": [x, y], "axes": [a, b]}]
-`center` is in pixels, `axes` are the ellipse's horizontal and vertical semi-axes in pixels.
+      "center": [x, y], "axes": [a, b], "shape": "silhouette" | "ellipse"}]
+`center` is in pixels, `axes` are the ellipse's horizontal and vertical semi-axes in pixels;
+`shape` says whether the mask was cut to the silhouette or is the plain soft ellipse.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,26 +71,41 @@ def compute_masks(frames: list[dict], ws: Workspace, cfg: MaskConfig,
                   events: EventWriter | None = None) -> list[dict]:
     """One soft head mask per frame of `frames` (the frames stage's records)."""
     detector = FaceDetector(cfg.min_face_fraction)
+    detect_share = 0.6 if cfg.refine else 0.9  # of the stage's progress; the cut takes the rest
     found, shapes = [], []
     for k, frame in enumerate(frames):
         gray = _read_gray(ws.root / frame["image"])
         shapes.append(gray.shape)
         face = choose_face(detector.detect(gray))
         found.append(None if face is None else head_ellipse(face, cfg.expansion))
-        _emit(events, 0.9 * (k + 1) / len(frames), f"looked for the face in frame {k + 1} of {len(frames)}")
+        _emit(events, detect_share * (k + 1) / len(frames), f"looked for the face in frame {k + 1} of {len(frames)}")
     if not any(found):
         raise StageError(f"no face found in any of the {len(frames)} frames; try a video where the face is "
                          f"visible and well lit for part of the orbit and at least {cfg.min_face_fraction:.0%} "
                          "of the frame high")
 
     track = fill_gaps([f["frame_index"] for f in frames], smooth(reject_outliers(found)))
+
+    def make_mask(frame: dict, shape: tuple[int, int], ellipse: HeadEllipse) -> tuple[np.ndarray, str]:
+        mask = soft_ellipse_mask(shape, ellipse, cfg.blur_fraction)
+        if cfg.refine:
+            silhouette = head_silhouette(cv2.imread(str(ws.root / frame["image"])), ellipse, cfg.refine_margin)
+            if silhouette is not None:
+                return np.minimum(mask, silhouette), "silhouette"
+        return mask, "ellipse"
+
     records = []
-    for frame, shape, ellipse in zip(frames, shapes, track):
-        name = ws.frame_name(frame["frame_index"])
-        _write_png(ws.masks_dir / name, soft_ellipse_mask(shape, ellipse, cfg.blur_fraction))
-        records.append({"frame_index": frame["frame_index"], "mask": f"{ws.masks_dir.name}/{name}",
-                        "source": ellipse.source, "center": [round(v, 2) for v in ellipse.center],
-                        "axes": [round(v, 2) for v in ellipse.axes]})
+    # GrabCut releases the GIL: one frame per core.
+    with ThreadPoolExecutor(max_workers=max(1, min(4, cv2.getNumberOfCPUs()))) as pool:
+        made = pool.map(make_mask, frames, shapes, track)
+        for k, (frame, ellipse, (mask, mask_shape)) in enumerate(zip(frames, track, made)):
+            name = ws.frame_name(frame["frame_index"])
+            _write_png(ws.masks_dir / name, mask)
+            records.append({"frame_index": frame["frame_index"], "mask": f"{ws.masks_dir.name}/{name}",
+                            "source": ellipse.source, "center": [round(v, 2) for v in ellipse.center],
+                            "axes": [round(v, 2) for v in ellipse.axes], "shape": mask_shape})
+            if cfg.refine:
+                _emit(events, detect_share + (1 - detect_share) * (k + 1) / len(frames), f"cut mask {k + 1} of {len(frames)} to the head")
     _remove_stale_masks(ws, {Path(r["mask"]).name for r in records})
     atomic_write_json(ws.masks_json, records)
     detected = sum(e is not None for e in found)
@@ -202,6 +221,62 @@ def soft_ellipse_mask(shape: tuple[int, int], ellipse: HeadEllipse, blur_fractio
     sigma = blur_fraction * min(ellipse.axes)
     if sigma > 0.5:
         mask = cv2.GaussianBlur(mask, (0, 0), sigma, borderType=cv2.BORDER_CONSTANT)
+    return mask
+
+
+# GrabCut works on the ellipse's neighbourhood scaled to about this many pixels high: colour
+# models need no more, and the cost stays the same whatever the frame size.
+SILHOUETTE_WORK_PX = 200
+GRABCUT_ITERATIONS = 3
+# Seeds, in units of the ellipse's axes: inside CORE is surely head; between 1 and RING the
+# background may still be head (ellipses are approximate); beyond RING is surely background.
+SILHOUETTE_CORE = 0.35
+SILHOUETTE_RING = 1.25
+# A cut keeping less than this fraction of its ellipse has followed a colour edge inside the
+# head (skin against dark hair, say) rather than around it: keep the ellipse instead.
+MIN_SILHOUETTE_FRACTION = 0.4
+
+
+def head_silhouette(image: np.ndarray, ellipse: HeadEllipse, margin: float) -> np.ndarray | None:
+    """uint8 [H, W] mask of the head's silhouette inside the ellipse (255 = head, soft edge of a
+    few pixels), from a BGR frame; None when the cut looks wrong."""
+    height, width = image.shape[:2]
+    (cx, cy), (a, b) = ellipse.center, ellipse.axes
+    x0, y0 = max(0, int(cx - 1.6 * a)), max(0, int(cy - 1.4 * b))
+    x1, y1 = min(width, int(cx + 1.6 * a) + 1), min(height, int(cy + 1.4 * b) + 1)
+    if x1 - x0 < 8 or y1 - y0 < 8:
+        return None
+    scale = min(1.0, SILHOUETTE_WORK_PX / (y1 - y0))
+    roi = cv2.resize(image[y0:y1, x0:x1], None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    center = (int(round((cx - x0) * scale)), int(round((cy - y0) * scale)))
+    if not (0 <= center[0] < roi.shape[1] and 0 <= center[1] < roi.shape[0]):
+        return None
+
+    def axes(f: float) -> tuple[int, int]:
+        return max(1, int(round(f * a * scale))), max(1, int(round(f * b * scale)))
+
+    seeds = np.full(roi.shape[:2], cv2.GC_BGD, np.uint8)
+    for factor, label in ((SILHOUETTE_RING, cv2.GC_PR_BGD), (1.0, cv2.GC_PR_FGD), (SILHOUETTE_CORE, cv2.GC_FGD)):
+        cv2.ellipse(seeds, center, axes(factor), 0, 0, 360, int(label), thickness=-1)
+    cv2.grabCut(roi, seeds, None, np.zeros((1, 65)), np.zeros((1, 65)), GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_MASK)
+    head = ((seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)).astype(np.uint8)
+    # The part connected to the face, holes filled (eyes, shadows).
+    _, labels = cv2.connectedComponents(head)
+    head = (labels == labels[center[1], center[0]]).astype(np.uint8)
+    contours, _ = cv2.findContours(head, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    head = cv2.drawContours(np.zeros_like(head), contours, -1, 255, thickness=-1)
+    inside = np.zeros_like(head)
+    cv2.ellipse(inside, center, axes(1.0), 0, 0, 360, 255, thickness=-1)
+    if (head & inside).sum() < MIN_SILHOUETTE_FRACTION * inside.sum():
+        return None
+
+    mask = np.zeros((height, width), np.uint8)
+    mask[y0:y1, x0:x1] = cv2.resize(head, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    grow = margin * min(a, b)
+    if grow >= 1:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * int(grow) + 1,) * 2)
+        mask = cv2.dilate(mask, kernel)
+        mask = cv2.GaussianBlur(mask, (0, 0), grow / 2)
     return mask
 
 

@@ -14,7 +14,7 @@ import pytest
 from facesplat.config import FramesConfig, MaskConfig
 from facesplat.errors import StageError
 from facesplat.frames import extract_video_frames, load_image_folder
-from facesplat.masks import HeadEllipse, compute_masks, fill_gaps, reject_outliers
+from facesplat.masks import HeadEllipse, compute_masks, fill_gaps, head_silhouette, reject_outliers
 from facesplat.workspace import Workspace
 
 from capture_truth import true_head_mask
@@ -42,26 +42,50 @@ def read_mask(ws, record):
     return mask
 
 
-def test_capture_masks_cover_the_true_head(capture_run, capture_dir):
-    ws, frames, masks = capture_run
-    assert json.loads(ws.masks_json.read_text()) == masks
-    assert [m["frame_index"] for m in masks] == [f["frame_index"] for f in frames]
-    assert sum(m["source"] != "interpolated" for m in masks) >= 0.75 * CAPTURE_FRAMES
-
+def mask_scores(ws, frames, masks, capture_dir):
+    """Per frame: recall of the true head (cut at the neck) and precision against the true bust."""
     recalls, precisions = [], []
     for frame, record in zip(frames, masks):
         assert record["mask"] == f"masks/{ws.frame_name(frame['frame_index'])}"
         mask = read_mask(ws, record)
         assert mask.shape == (frame["height"], frame["width"])
+        assert mask[0, 0] == mask[-1, -1] == 0
         head, bust = true_head_mask(capture_dir, frame["frame_index"])
         covered = mask >= 128
+        assert covered.mean() < 0.4, f"mask covers {covered.mean():.0%} of frame {frame['frame_index']}"
         recalls.append((covered & head).sum() / head.sum())
         precisions.append((covered & bust).sum() / covered.sum())
-        assert covered.mean() < 0.4, f"mask covers {covered.mean():.0%} of frame {frame['frame_index']}"
-        assert mask[0, 0] == mask[-1, -1] == 0
-    assert min(recalls) > 0.97, recalls
-    assert np.mean(recalls) > 0.99, recalls
-    assert np.mean(precisions) > 0.45, precisions  # the rest is neck, hair margin and background
+    return np.array(recalls), np.array(precisions)
+
+
+def test_capture_masks_cover_the_true_head(capture_run, capture_dir):
+    ws, frames, masks = capture_run
+    assert json.loads(ws.masks_json.read_text()) == masks
+    assert [m["frame_index"] for m in masks] == [f["frame_index"] for f in frames]
+    assert sum(m["source"] != "interpolated" for m in masks) >= 0.75 * CAPTURE_FRAMES
+    assert all(m["shape"] == "silhouette" for m in masks)
+
+    recalls, precisions = mask_scores(ws, frames, masks, capture_dir)
+    assert recalls.min() > 0.97, recalls
+    assert recalls.mean() > 0.99, recalls
+    assert precisions.mean() > 0.8, precisions  # the rest is neck and a margin of background
+
+
+def test_silhouette_cut_removes_the_background_inside_the_ellipse(capture_run, capture_dir, tmp_path):
+    ws_full, frames, cut = capture_run
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(ws_full.frames_dir, ws.frames_dir)
+    ellipses = compute_masks(frames, ws, MaskConfig(min_face_fraction=CFG.min_face_fraction, refine=False))
+    assert all(m["shape"] == "ellipse" for m in ellipses)
+    assert [(m["center"], m["axes"]) for m in ellipses] == [(m["center"], m["axes"]) for m in cut]
+
+    recalls, precisions = mask_scores(ws, frames, ellipses, capture_dir)
+    cut_recalls, cut_precisions = mask_scores(ws_full, frames, cut, capture_dir)
+    assert precisions.mean() < 0.7, "the ellipse holds much background"
+    assert cut_precisions.mean() > precisions.mean() + 0.2
+    assert cut_recalls.mean() > recalls.mean() - 0.01, "and the cut keeps the head"
+    for ellipse, silhouette in zip(ellipses, cut):  # cut inside the ellipse: never more
+        assert (read_mask(ws_full, silhouette).astype(int) <= read_mask(ws, ellipse)).all()
 
 
 @pytest.mark.parametrize("name", ["astronaut.png", "obama.jpg"])
@@ -143,3 +167,24 @@ def test_no_face_anywhere_raises_a_one_line_stage_error(tmp_path):
     message = str(info.value)
     assert "\n" not in message and message.startswith("no face found in any of the 3 frames; ")
     assert not ws.masks_json.exists()
+
+
+def test_silhouette_follows_the_head_and_gives_up_on_a_small_cut():
+    rng = np.random.default_rng(0)
+    frame = rng.integers(40, 90, (240, 320, 3), dtype=np.uint8)  # dark, noisy background
+    frame[..., 0] += 100  # bluish
+    ellipse = HeadEllipse("frontal", (160.0, 120.0), (60.0, 80.0))
+
+    head = np.zeros((240, 320), np.uint8)
+    cv2.ellipse(head, (160, 130), (45, 62), 0, 0, 360, 255, thickness=-1)  # inside the ellipse, lower
+    skin = frame.copy()
+    skin[head > 0] = (120, 160, 220)  # BGR skin tone
+    cut = head_silhouette(skin, ellipse, margin=0.0)
+    assert cut is not None
+    inside = cut >= 128
+    assert (inside & (head > 0)).sum() / (head > 0).sum() > 0.97
+    assert (inside & (head > 0)).sum() / inside.sum() > 0.95
+
+    speck = frame.copy()
+    cv2.circle(speck, (160, 120), 12, (120, 160, 220), thickness=-1)  # far smaller than any head
+    assert head_silhouette(speck, ellipse, margin=0.0) is None
