@@ -103,12 +103,10 @@ def test_sfm_registers_too_few_frames(tmp_path):
 def test_unwritable_output_fails_before_any_work(tmp_path, capture_dir):
     blocker = tmp_path / "file"
     blocker.write_text("x")  # a file where the output's folder should be
-    started = time.time()
     result = run_cli("run", "--video", capture_dir / "video.mp4", "--output", blocker / "head.ply",
                      "--workspace", tmp_path / "ws", "--device", "cpu")
     assert_clean_failure(result, 2, "output")
-    assert time.time() - started < 20
-    assert not (tmp_path / "ws" / "frames").exists()
+    assert not (tmp_path / "ws" / "frames").exists()  # checked before the first stage began
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
