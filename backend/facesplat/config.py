@@ -30,6 +30,9 @@ class MaskConfig:
     """Gaussian blur sigma as a fraction of the ellipse's minor axis (soft edge)."""
     min_face_fraction: float = 0.12
     """Smallest face to detect, as a fraction of the frame height."""
+    min_frames_with_face: float = 0.15
+    """Stop when the face is found in fewer than this fraction of the frames: masks placed by
+    interpolating across most of a capture miss the head, and training on them would be wasted."""
     refine: bool = True
     """Cut each ellipse down to the head's silhouette by colour (GrabCut), so that background
     inside the ellipse is not trained as head (it became semi-transparent fog around the scalp)."""

@@ -84,7 +84,13 @@ def compute_masks(frames: list[dict], ws: Workspace, cfg: MaskConfig,
                          f"visible and well lit for part of the orbit and at least {cfg.min_face_fraction:.0%} "
                          "of the frame high")
 
-    track = fill_gaps([f["frame_index"] for f in frames], smooth(reject_outliers(found)))
+    kept = reject_outliers(found)
+    detected = sum(e is not None for e in kept)
+    if detected < cfg.min_frames_with_face * len(frames):
+        raise StageError(f"the face was found in only {detected} of {len(frames)} frames, too few to place head masks "
+                         "in the others; try a capture that keeps the face in view for more of the orbit (a slower "
+                         "arc in front of the face, better light)")
+    track = fill_gaps([f["frame_index"] for f in frames], smooth(kept))
 
     def make_mask(frame: dict, shape: tuple[int, int], ellipse: HeadEllipse) -> tuple[np.ndarray, str]:
         mask = soft_ellipse_mask(shape, ellipse, cfg.blur_fraction)
@@ -108,7 +114,6 @@ def compute_masks(frames: list[dict], ws: Workspace, cfg: MaskConfig,
                 _emit(events, detect_share + (1 - detect_share) * (k + 1) / len(frames), f"cut mask {k + 1} of {len(frames)} to the head")
     _remove_stale_masks(ws, {Path(r["mask"]).name for r in records})
     atomic_write_json(ws.masks_json, records)
-    detected = sum(e is not None for e in found)
     _emit(events, 1.0, f"face found in {detected} of {len(frames)} frames, the rest interpolated")
     return records
 
