@@ -9,6 +9,11 @@ import tempfile
 import threading
 from pathlib import Path
 
+# mkstemp creates files readable by the owner only; a finished file should get the permissions
+# any other new file gets (an archived PLY on a shared drive, say). Read once: umask() sets it.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def _signals_held():
@@ -32,6 +37,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     with _signals_held():
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
+            os.chmod(tmp, 0o666 & ~_UMASK)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
