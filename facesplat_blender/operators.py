@@ -249,7 +249,7 @@ def run_job(context) -> BackendJob:
     device = preferences.get(context).device if s.device == "PREFS" else s.device
     output = ws / "head.ply"
     argv = runner.run_command(python, workspace=ws, output=output, num_frames=s.num_frames, height=s.height,
-                              num_iters=s.num_iters, device=device,
+                              num_iters=s.num_iters, device=device, silhouette_masks=s.silhouette_masks,
                               **({"video": path} if s.input_type == "VIDEO" else {"images": path}))
 
     def on_success(context):

@@ -56,6 +56,7 @@ class FACESPLAT_PT_capture(_FaceSplatPanel, Panel):
         col.prop(s, "num_frames")
         col.prop(s, "height")
         col.prop(s, "num_iters")
+        layout.prop(s, "silhouette_masks")
         layout.prop(s, "device")
         row = layout.row()
         row.scale_y = 1.5

@@ -31,6 +31,10 @@ class FACESPLAT_PG_settings(PropertyGroup):
                         description="Frame height the backend works at")
     num_iters: IntProperty(name="Iterations", default=3000, min=1, soft_max=30000,
                            description="Training steps")
+    silhouette_masks: BoolProperty(
+        name="Silhouette Masks", default=True,
+        description="Cut each head mask to the head's outline by colour, so no background is trained as head. "
+                    "Turn off if the head comes out missing hair or ears that match the background's colour")
     device: EnumProperty(name="Device", items=[("PREFS", "Default", "The device set in the add-on preferences")]
                          + DEVICES, default="PREFS")
     threshold: FloatProperty(name="Threshold", default=0.3, min=0.0, max=0.99, subtype="FACTOR",

@@ -21,14 +21,14 @@ IS_WINDOWS = sys.platform == "win32"
 
 def run_command(python: str, *, workspace: Path, output: Path, video: Path | None = None,
                 images: Path | None = None, num_frames: int = 40, height: int = 540,
-                num_iters: int = 3000, device: str = "auto") -> list[str]:
+                num_iters: int = 3000, device: str = "auto", silhouette_masks: bool = True) -> list[str]:
     """`facesplat run` for a video or an image folder (exactly one of them)."""
     if (video is None) == (images is None):
         raise ValueError("give a video or an image folder, not both")
     source = ["--video", str(video)] if video is not None else ["--images", str(images)]
     return [str(python), "-m", "facesplat", "run", *source, "--output", str(output),
             "--workspace", str(workspace), "--num-frames", str(num_frames), "--height", str(height),
-            "--num-iters", str(num_iters), "--device", device]
+            "--num-iters", str(num_iters), "--device", device] + ([] if silhouette_masks else ["--ellipse-masks"])
 
 
 def isolate_command(python: str, *, workspace: Path, output: Path, threshold: float,

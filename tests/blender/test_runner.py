@@ -23,6 +23,12 @@ def test_run_command_is_an_argument_list():
                     "--workspace", "/w s", "--num-frames", "10", "--height", "180", "--num-iters", "30",
                     "--device", "cpu"]
     assert runner.run_command("/py", workspace=Path("w"), output=Path("o"), images=Path("imgs"))[4:6] == ["--images", "imgs"]
+    ellipses = runner.run_command("/py", workspace=Path("w"), output=Path("o"), video=Path("v"), silhouette_masks=False)
+    assert ellipses[-1] == "--ellipse-masks"
+    from facesplat.cli import build_parser  # the backend's own parser takes what the add-on sends
+
+    assert build_parser().parse_args(ellipses[3:]).ellipse_masks
+    assert not build_parser().parse_args(argv[3:]).ellipse_masks
     with pytest.raises(ValueError):
         runner.run_command("/py", workspace=Path("w"), output=Path("o"))
 
