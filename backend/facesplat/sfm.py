@@ -89,10 +89,11 @@ def reconstruct(frames: list[dict], masks: list[dict], ws: Workspace, cfg: SfmCo
     by_name = {Path(f["image"]).name: f for f in frames}
     mask_by_index = {m["frame_index"]: m for m in masks}
     cameras, centers, dirs = _cameras_from_model(best, by_name, mask_by_index)
+    frontal = np.array([mask_by_index.get(c.frame_index, {}).get("source") == "frontal" for c in cameras])
     xyz = np.array([p.xyz for p in best.points3D.values()], dtype=np.float64).reshape(-1, 3)
     rgb = np.array([p.color for p in best.points3D.values()], dtype=np.uint8).reshape(-1, 3)
 
-    scale, rotation, translation = head_frame_similarity(cameras, centers, dirs)
+    scale, rotation, translation = head_frame_similarity(cameras, centers, dirs, frontal)
     cameras = [_transform_camera(c, scale, rotation, translation) for c in cameras]
     xyz = scale * xyz @ rotation.T + translation
 
@@ -147,12 +148,14 @@ def _cameras_from_model(rec, by_name, mask_by_index):
     return cameras, np.array(centers), np.array(dirs)
 
 
-def head_frame_similarity(cameras, centers, dirs):
+def head_frame_similarity(cameras, centers, dirs, frontal=None):
     """Similarity (s, R, t) mapping COLMAP's frame to a head frame: x' = s R x + t.
 
     Origin: the point closest (least squares) to all camera rays through the head masks' centres.
-    Up (+Z): the mean of the cameras' up vectors (-y of each OpenCV camera). Front (-Y): the mean
-    viewing direction reversed, so the face looks towards -Y as in Blender's front view.
+    Up (+Z): the mean of the cameras' up vectors (-y of each OpenCV camera). Front (-Y): from the
+    head towards the cameras that saw the face frontally (`frontal`, bool per camera; all cameras
+    when none did, which suits an arc in front of the face but not a full circle), so the face
+    looks towards -Y as in Blender's front view.
     Scale: the median camera distance becomes ASSUMED_CAMERA_DISTANCE_M.
     """
     # Closest point to lines c_i + t d_i: sum (I - d d^T) p = sum (I - d d^T) c.
@@ -165,8 +168,8 @@ def head_frame_similarity(cameras, centers, dirs):
     head = np.linalg.lstsq(A, b, rcond=None)[0]
     up = -np.mean([cam.camera_to_world[:3, 1] for cam in cameras], axis=0)
     up /= np.linalg.norm(up)
-    # Cameras sit in front of the face: head -> mean camera position is the face direction.
-    front = np.mean(centers, axis=0) - head
+    facing = centers[frontal] if frontal is not None and np.any(frontal) else centers
+    front = np.mean(facing, axis=0) - head
     front -= up * (front @ up)
     if np.linalg.norm(front) < 1e-9:
         front = np.cross(up, [1.0, 0.0, 0.0])
