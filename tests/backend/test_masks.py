@@ -188,3 +188,24 @@ def test_silhouette_follows_the_head_and_gives_up_on_a_small_cut():
     speck = frame.copy()
     cv2.circle(speck, (160, 120), 12, (120, 160, 220), thickness=-1)  # far smaller than any head
     assert head_silhouette(speck, ellipse, margin=0.0) is None
+
+
+def test_a_frontal_face_keeps_its_shadowed_cheek():
+    """Inside Haar's face box the cut may not follow a shadow that looks like the background."""
+    rng = np.random.default_rng(1)
+    frame = rng.integers(40, 90, (240, 320, 3), dtype=np.uint8)
+    frame[..., 0] += 100  # bluish, dark background
+    head = np.zeros((240, 320), np.uint8)
+    cv2.ellipse(head, (160, 125), (50, 68), 0, 0, 360, 255, thickness=-1)
+    frame[head > 0] = (120, 160, 220)  # skin
+    shadow = (head > 0) & (np.arange(320)[None, :] > 175)  # the cheek on the far side, in shadow
+    frame[shadow] = rng.integers(40, 90, (int(shadow.sum()), 3), dtype=np.uint8) + np.array([100, 0, 0], np.uint8)
+    near_face = np.zeros_like(head)
+    cv2.ellipse(near_face, (160, 120), (32, 36), 0, 0, 360, 255, thickness=-1)  # well inside the face box
+    cheek = shadow & (near_face > 0)
+
+    frontal = head_silhouette(frame, HeadEllipse("frontal", (160.0, 120.0), (60.0, 80.0)), margin=0.0)
+    guessed = head_silhouette(frame, HeadEllipse("interpolated", (160.0, 120.0), (60.0, 80.0)), margin=0.0)
+    assert frontal is not None and guessed is not None
+    assert (frontal[cheek] >= 128).mean() > 0.95, "the face box's part of the cheek stays head"
+    assert (guessed[cheek] >= 128).mean() < 0.5, "without a face box, colour decides"
