@@ -111,7 +111,8 @@ def compute_masks(frames: list[dict], ws: Workspace, cfg: MaskConfig,
                             "source": ellipse.source, "center": [round(v, 2) for v in ellipse.center],
                             "axes": [round(v, 2) for v in ellipse.axes], "shape": mask_shape})
             if cfg.refine:
-                _emit(events, detect_share + (1 - detect_share) * (k + 1) / len(frames), f"cut mask {k + 1} of {len(frames)} to the head")
+                _emit(events, detect_share + (1 - detect_share) * (k + 1) / len(frames),
+                      f"cut mask {k + 1} of {len(frames)} to the head")
     _remove_stale_masks(ws, {Path(r["mask"]).name for r in records})
     atomic_write_json(ws.masks_json, records)
     _emit(events, 1.0, f"face found in {detected} of {len(frames)} frames, the rest interpolated")
