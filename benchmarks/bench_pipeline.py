@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "backend"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from facesplat.core.cameras import read_cameras_json  # noqa: E402
+from facesplat.core.cameras import read_cameras_json, world_to_camera_after_similarity  # noqa: E402
 from facesplat.core.ply import read_splat_ply  # noqa: E402
 from facesplat.gaussians import activated, params_from_splats  # noqa: E402
 from facesplat.render import rasterize  # noqa: E402
@@ -69,12 +69,7 @@ def held_out_metrics(ws: Path, capture: Path, video: Path, splats, scene=None) -
     fit_error = float(np.linalg.norm(s * gt_c @ R.T + t - ours_c, axis=1).mean())
 
     def mapped_w2c(index: int) -> np.ndarray:
-        # x_gt = R^T (x_ours - t) / s, and camera coordinates scale by s with the world.
-        w2c_gt = np.array(gt[index]["w2c"])
-        w2c = np.eye(4)
-        w2c[:3, :3] = w2c_gt[:3, :3] @ R.T
-        w2c[:3, 3] = s * w2c_gt[:3, 3] - w2c_gt[:3, :3] @ R.T @ t
-        return w2c
+        return world_to_camera_after_similarity(np.array(gt[index]["w2c"]), s, R, t)
 
     residuals = {c.frame_index: c.world_to_camera @ np.linalg.inv(mapped_w2c(c.frame_index)) for c in ours}
     registered = np.array(sorted(residuals))

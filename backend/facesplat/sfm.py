@@ -15,7 +15,7 @@ import numpy as np
 import pycolmap
 
 from .config import SfmConfig
-from .core.cameras import CameraFrame, write_cameras_json
+from .core.cameras import CameraFrame, world_to_camera_after_similarity, write_cameras_json
 from .core.events import EventWriter
 from .errors import Cancelled, StageError
 from .workspace import Workspace, atomic_write_bytes
@@ -185,12 +185,7 @@ def head_frame_similarity(cameras, centers, dirs, frontal=None):
 
 def _transform_camera(cam: CameraFrame, s: float, R: np.ndarray, t: np.ndarray) -> CameraFrame:
     """Camera after the world moves by x' = s R x + t (projection unchanged)."""
-    w2c = cam.world_to_camera
-    Rc, tc = w2c[:3, :3], w2c[:3, 3]
-    new = np.eye(4)
-    new[:3, :3] = Rc @ R.T
-    new[:3, 3] = s * tc - Rc @ R.T @ t
-    cam.world_to_camera = new
+    cam.world_to_camera = world_to_camera_after_similarity(cam.world_to_camera, s, R, t)
     return cam
 
 

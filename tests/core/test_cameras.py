@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "backend"))
 
 from facesplat.core.cameras import (CameraFrame, blender_c2w_to_opencv_w2c, blender_camera_intrinsics,  # noqa: E402
                                     opencv_w2c_to_blender_c2w, project_points, read_cameras_json,
-                                    write_cameras_json)
+                                    world_to_camera_after_similarity, write_cameras_json)
 
 
 def look_at_w2c(eye, target, up=(0, 0, 1)) -> np.ndarray:
@@ -65,6 +65,22 @@ def test_projection_of_the_target_and_of_an_offset_point():
     right, down = cam.camera_to_world[:3, 0], cam.camera_to_world[:3, 1]
     uv, depth = project_points((0.1 * right + 0.1 * down)[None], cam)
     np.testing.assert_allclose(uv[0], [cam.cx + cam.fx * 0.1 / depth[0], cam.cy + cam.fy * 0.1 / depth[0]])
+
+
+def test_a_camera_moved_with_the_world_sees_the_same_image():
+    rng = np.random.default_rng(4)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    R = q * np.sign(np.linalg.det(q))
+    s, t = 0.37, np.array([0.2, -1.0, 3.0])
+    points = rng.normal(scale=0.2, size=(50, 3))
+    cam = frame(distortion={"model": "SIMPLE_RADIAL", "params": [0.05]})
+    moved = frame(world_to_camera=world_to_camera_after_similarity(cam.world_to_camera, s, R, t),
+                  distortion=cam.distortion)
+    uv, depth = project_points(points, cam)
+    uv_moved, depth_moved = project_points(s * points @ R.T + t, moved)
+    np.testing.assert_allclose(uv_moved, uv, atol=1e-9)
+    np.testing.assert_allclose(depth_moved, s * depth)
+    np.testing.assert_allclose(moved.center, s * R @ cam.center + t)
 
 
 def test_blender_conversion_round_trip_and_axes():

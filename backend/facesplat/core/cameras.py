@@ -88,6 +88,16 @@ def project_points(points: np.ndarray, cam: CameraFrame, distort: bool = True):
     return uv, z
 
 
+def world_to_camera_after_similarity(w2c: np.ndarray, s: float, R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The world->camera matrix of the same camera after the world moves by x' = s R x + t: the
+    camera sees the same image, its coordinates scale with the world."""
+    Rc, tc = np.asarray(w2c, dtype=np.float64)[:3, :3], np.asarray(w2c, dtype=np.float64)[:3, 3]
+    new = np.eye(4)
+    new[:3, :3] = Rc @ R.T
+    new[:3, 3] = s * tc - Rc @ R.T @ t
+    return new
+
+
 def opencv_w2c_to_blender_c2w(w2c: np.ndarray) -> np.ndarray:
     """World->camera (OpenCV axes) to Blender's camera->world (camera looks down -Z, +Y up)."""
     return np.linalg.inv(np.asarray(w2c, dtype=np.float64)) @ _FLIP_YZ
