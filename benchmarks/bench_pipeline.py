@@ -34,7 +34,7 @@ from facesplat.gaussians import activated, params_from_splats  # noqa: E402
 from facesplat.render import rasterize  # noqa: E402
 from facesplat.views import undistort  # noqa: E402
 
-from capture_truth import true_head_mask  # noqa: E402
+from capture_truth import true_cameras, true_head_mask  # noqa: E402
 
 
 def umeyama(src: np.ndarray, dst: np.ndarray):
@@ -62,7 +62,7 @@ def held_out_metrics(ws: Path, capture: Path, video: Path, splats, scene=None) -
     the head's area), how many frames, and the camera-centre fit error.
     """
     ours = sorted(read_cameras_json(ws / "cameras.json"), key=lambda c: c.frame_index)
-    gt = {f["frame"]: f for f in json.loads((capture / "cameras.json").read_text())["frames"]}
+    gt = true_cameras(capture)
     ours_c = np.array([c.center for c in ours])
     gt_c = np.array([np.linalg.inv(np.array(gt[c.frame_index]["w2c"]))[:3, 3] for c in ours])
     s, R, t = umeyama(gt_c, ours_c)  # ground-truth world -> our world

@@ -27,12 +27,18 @@ def _head_triangles(capture_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return vertices, faces[(vertices[faces][:, :, 2] > neck_cut_z).all(axis=1)]
 
 
+@functools.cache
+def true_cameras(capture_dir: Path) -> dict[int, dict]:
+    """The capture's cameras.json by frame: intrinsics and the true world->camera matrix."""
+    return {c["frame"]: c for c in json.loads((capture_dir / "cameras.json").read_text())["frames"]}
+
+
 def true_head_mask(capture_dir: Path, frame_index: int) -> tuple[np.ndarray, np.ndarray]:
     """(head, bust) bool [H, W] at the capture's resolution: the scan's triangles above
     `neck_cut_z`, projected with the frame's camera, filled, and intersected with the true mask
     of the whole bust; and that whole-bust mask."""
     vertices, faces = _head_triangles(Path(capture_dir))
-    cam = next(c for c in json.loads((capture_dir / "cameras.json").read_text())["frames"] if c["frame"] == frame_index)
+    cam = true_cameras(Path(capture_dir))[frame_index]
     w2c = np.array(cam["w2c"])  # [4, 4] world -> camera, OpenCV axes
     p = vertices @ w2c[:3, :3].T + w2c[:3, 3]
     uv = np.stack([cam["fx"] * p[:, 0] / p[:, 2] + cam["cx"], cam["fy"] * p[:, 1] / p[:, 2] + cam["cy"]], axis=1)
