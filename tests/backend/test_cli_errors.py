@@ -18,6 +18,7 @@ from facesplat.core.events import read_events
 from helpers import REPO, run_cli, write_video
 
 SHARED = REPO.parent / "shared" / "data"
+needs_shared = pytest.mark.skipif(not SHARED.exists(), reason=f"shared test data not found at {SHARED}")
 
 
 def assert_clean_failure(result, code, *words):
@@ -68,11 +69,13 @@ def test_zero_length_video(tmp_path):
     run_fails(tmp_path, "--video", p)
 
 
+@needs_shared
 def test_one_frame_video(tmp_path):
     p = face_video(tmp_path / "one.mp4", 1)
     run_fails(tmp_path, "--video", p, words=("frame",))
 
 
+@needs_shared
 def test_fewer_frames_than_asked(tmp_path):
     p = face_video(tmp_path / "short.mp4", 10)
     line = run_fails(tmp_path, "--video", p, "--num-frames", "40", "--height", "240")
@@ -92,6 +95,7 @@ def test_no_face_in_any_frame(tmp_path):
     run_fails(tmp_path, "--video", p, "--num-frames", "6", "--height", "270", code=3, words=("no face",))
 
 
+@needs_shared
 def test_face_in_too_few_frames_stops_before_training(tmp_path):
     # Real photos of a stone Buddha head, mostly from above and behind: Haar finds at most a
     # stray "face" in one of them, too few to place masks in the others.
@@ -102,6 +106,7 @@ def test_face_in_too_few_frames_stops_before_training(tmp_path):
     assert (tmp_path / "ws" / "frames.json").exists() and not (tmp_path / "ws" / "cameras.json").exists()
 
 
+@needs_shared
 def test_sfm_registers_too_few_frames(tmp_path):
     # Same face, independent noise: nothing to triangulate, so COLMAP cannot register the frames.
     p = face_video(tmp_path / "flat.mp4", 12, size=(320, 240), noise_seed=1)

@@ -348,8 +348,9 @@ def test_off_centre_principal_point_and_non_square_pixels(blender, tmp_path, fy)
     check_camera_projection(got, frames, points)
 
 
+@pytest.mark.skipif(not LPS.exists(), reason="sample capture not present")
 def test_moving_the_run_moves_the_export(blender, tmp_path):
-    frames = lps_frames(step=24) if LPS.exists() else []
+    frames = lps_frames(step=24)  # the run's parent comes with its cameras
     ply_path = make_workspace(tmp_path / "ws", frames)
     src = read_splat_ply(ply_path)
     blender.call(w_move_run_and_export, ply_path, tmp_path / "moved.ply", (1.0, 2.0, 3.0), (0.0, 0.0, 0.5))
