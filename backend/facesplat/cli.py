@@ -1,4 +1,7 @@
-"""Command line: `facesplat run ...` and `facesplat isolate ...`. The only module that exits.
+"""Command line: `facesplat run`, `facesplat isolate`, `facesplat check`. The only module that exits.
+
+The flags come from core/config.py's knobs (`option_schema`), so the CLI and the Blender add-on
+show the same defaults, bounds and choices.
 
 Library code raises FaceSplatError subclasses; here they become one line on stderr and an exit
 code, never a traceback.
@@ -11,10 +14,8 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import Config, FramesConfig, IsolateConfig, MaskConfig, TrainConfig
-from .errors import FaceSplatError
-
-_DEFAULTS = Config()
+from .config import DEFAULT_PRESET, PRESETS, ConfigError, make_config, option_schema, validate
+from .errors import FaceSplatError, InputError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,42 +30,47 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", type=Path, required=True, help="where to write the head's PLY")
     run.add_argument("--workspace", type=Path,
                      help="folder for stage results (default: <output without .ply>_workspace next to the output)")
-    run.add_argument("--num-frames", type=int, default=FramesConfig.num_frames, help="frames to sample (default %(default)s)")
-    run.add_argument("--height", type=int, default=FramesConfig.height, help="frame height in pixels (default %(default)s)")
-    run.add_argument("--num-iters", type=int, default=TrainConfig.num_iters, help="training steps (default %(default)s)")
-    run.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu", "mps"], help="compute device (default auto)")
-    run.add_argument("--ellipse-masks", action="store_true",
-                     help="keep the plain head ellipses instead of cutting them to the head's silhouette by colour "
-                          "(try it when head.ply misses hair or ears that match the background's colour)")
-    _isolation_args(run)
+    run.add_argument("--preset", choices=list(PRESETS), default=DEFAULT_PRESET,
+                     help="starting settings, which the flags below override: " + "; ".join(
+                         f"{name}: {', '.join(f'{k.split(chr(46))[1]}={v}' for k, v in values.items()) or 'the defaults'}"
+                         for name, values in PRESETS.items()) + " (default %(default)s)")
+    _add_options(run, "run")
 
     iso = sub.add_parser("isolate", help="re-run head isolation on a finished workspace (seconds)")
     iso.add_argument("--workspace", type=Path, required=True)
     iso.add_argument("--output", type=Path, required=True)
-    _isolation_args(iso)
+    _add_options(iso, "isolate")
+
+    check = sub.add_parser("check", help="say what state a workspace is in and whether its files are consistent")
+    check.add_argument("--workspace", type=Path, required=True)
     return parser
 
 
-def _isolation_args(p) -> None:
-    p.add_argument("--threshold", type=float, default=IsolateConfig.threshold,
-                   help="keep Gaussians inside the head mask in more than this fraction of the views that see them (default %(default)s)")
-    p.add_argument("--min-opacity", type=float, default=IsolateConfig.min_opacity,
-                   help="...and more opaque than this (default %(default)s)")
+_TYPES = {"int": int, "float": float, "str": str}
 
 
-def _check_ranges(args) -> None:
-    from .errors import InputError
+def _add_options(parser: argparse.ArgumentParser, command: str) -> None:
+    """The knobs of core/config.py that have a flag: names, types, choices and help from there."""
+    for option in option_schema(command):
+        kwargs = {"dest": option["key"], "default": None,
+                  "help": option["help"].replace("%", "%%") + (f" (default {option['default']})"
+                                                               if option["type"] != "bool" else "")}
+        if option["type"] == "bool":
+            kwargs.update(action="store_const", const=not option["invert"])
+        else:
+            kwargs.update(type=_TYPES[option["type"]], choices=option["choices"],
+                          metavar=None if option["choices"] else {"int": "N", "float": "X"}.get(option["type"]))
+        parser.add_argument(option["flag"], **kwargs)
 
-    if getattr(args, "num_frames", 3) < 3:
-        raise InputError(f"--num-frames {args.num_frames} is too few; structure from motion needs at least 3 (40 is typical)")
-    if getattr(args, "height", 64) < 64:
-        raise InputError(f"--height {args.height} is too small; use 270 or more")
-    if getattr(args, "num_iters", 1) < 1:
-        raise InputError("--num-iters must be at least 1")
-    if not 0.0 <= args.threshold < 1.0:
-        raise InputError(f"--threshold {args.threshold} is outside 0..1; 0.3 is typical")
-    if not 0.0 <= args.min_opacity < 1.0:
-        raise InputError(f"--min-opacity {args.min_opacity} is outside 0..1; 0.05 is typical")
+
+def config_from_args(args, command: str):
+    """Preset, then the flags given (None = not given), then the bounds check."""
+    overrides = {o["key"]: getattr(args, o["key"]) for o in option_schema(command)
+                 if getattr(args, o["key"], None) is not None}
+    try:
+        return validate(make_config(getattr(args, "preset", DEFAULT_PRESET), **overrides))
+    except ConfigError as err:
+        raise InputError(str(err)) from None
 
 
 class ConsoleProgress:
@@ -108,32 +114,31 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     progress = ConsoleProgress()
     try:
-        _check_ranges(args)
+        if args.command == "check":
+            return _check(args)
+        cfg = config_from_args(args, args.command)
         from . import pipeline
         from .core.events import EventWriter
+        from .render.device import choose_device
+        from .stage import StageContext
         from .workspace import Workspace
 
-        iso = IsolateConfig(threshold=args.threshold, min_opacity=args.min_opacity)
         if args.command == "run":
-            workspace = args.workspace or args.output.with_name(args.output.stem + "_workspace")
-            ws = Workspace(workspace)
-            cfg = Config(frames=FramesConfig(num_frames=args.num_frames, height=args.height),
-                         masks=MaskConfig(refine=not args.ellipse_masks), train=TrainConfig(num_iters=args.num_iters),
-                         isolate=iso, device=args.device)
-            report = pipeline.run(args.video or args.images, args.images is not None, args.output, ws, cfg,
-                                  EventWriter(ws.events, echo=progress))
+            device = choose_device(cfg.device)
+            ws = Workspace(args.workspace or args.output.with_name(args.output.stem + "_workspace"))
+            ctx = StageContext(EventWriter(ws.events, echo=progress), device)
+            report = pipeline.run(args.video or args.images, args.images is not None, args.output, ws, cfg, ctx)
             progress.close()
             print(f"wrote {args.output}: {report.get('gaussians_after_isolation')} Gaussians "
                   f"({report.get('frames_registered')}/{report.get('frames_sampled')} frames registered); "
                   f"workspace {ws.root}", file=sys.stderr)
         else:
-            if not args.workspace.is_dir():
-                raise FaceSplatError(f"workspace {args.workspace} does not exist; give the folder of a finished 'facesplat run'")
-            ws = Workspace(args.workspace)
-            summary = pipeline.reisolate(ws, args.output, Config(isolate=iso), EventWriter(ws.events, echo=progress))
+            ws = Workspace.open(args.workspace)
+            ctx = StageContext(EventWriter(ws.events, echo=progress), choose_device(cfg.device, say=lambda msg: None))
+            report = pipeline.reisolate(ws, args.output, cfg, ctx)
             progress.close()
-            print(f"wrote {args.output}: kept {summary['gaussians_after_isolation']} of "
-                  f"{summary['gaussians_before_isolation']} Gaussians", file=sys.stderr)
+            print(f"wrote {args.output}: kept {report['gaussians_after_isolation']} of "
+                  f"{report['gaussians_before_isolation']} Gaussians", file=sys.stderr)
         return 0
     except FaceSplatError as err:
         progress.close()
@@ -143,6 +148,19 @@ def main(argv: list[str] | None = None) -> int:
         progress.close()
         print("facesplat: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+
+
+def _check(args) -> int:
+    from .pipeline import check_workspace
+    from .workspace import Workspace
+
+    lines, problems = check_workspace(Workspace.open(args.workspace))
+    print("\n".join(lines))
+    if problems:
+        print(f"facesplat: error: the workspace is inconsistent: {problems[0]}; delete the damaged stage's files "
+              "(or the workspace) and run again", file=sys.stderr)
+        return 3
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Stage 1: sharp, upright, evenly spaced frames from a video or a folder of photos.
 
-Writes `frames/<NNNNNN>.png` (NNNNNN = index of the frame in the source) and `frames.json`:
+Writes `<out_dir>/<NNNNNN>.png` (NNNNNN = index of the frame in the source) and returns the
+records the pipeline keeps as `frames.json`:
     [{"frame_index": int, "image": "frames/000012.png", "width": int, "height": int, "sharpness": float}]
 Sharpness is the variance of the Laplacian of the stored (resized) frame.
 """
@@ -13,17 +14,17 @@ import cv2
 import numpy as np
 
 from .config import FramesConfig
-from .core.events import EventWriter
-from .errors import InputError
-from .workspace import Workspace, atomic_write_bytes, atomic_write_json
+from .core.files import atomic_write_bytes
+from .errors import InputError, StageError
+from .stage import StageContext
+from .workspace import frame_name
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
 _ROTATE_CODES = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
 
 
-def extract_video_frames(video: Path, ws: Workspace, cfg: FramesConfig,
-                         events: EventWriter | None = None) -> list[dict]:
+def extract_video_frames(video: Path, out_dir: Path, cfg: FramesConfig, ctx: StageContext) -> list[dict]:
     """Sample `cfg.num_frames` frames evenly over `video`, the sharpest of each window's centre.
 
     The video is decoded once, front to back (seeking in MPEG-4 lands on the wrong frame), and
@@ -33,24 +34,23 @@ def extract_video_frames(video: Path, ws: Workspace, cfg: FramesConfig,
     _check_num_frames(cfg.num_frames)
     _check_video_file(video)
     total = _reported_frame_count(video)
-    records, decoded = _sample_video(video, total, ws, cfg, events)
+    records, decoded = _sample_video(video, total, out_dir, cfg, ctx)
     if decoded != total:
         # The container's frame count was wrong: plan again on the true count.
         _check_frame_count(video, decoded, cfg.num_frames)
-        records, decoded = _sample_video(video, decoded, ws, cfg, events)
+        records, decoded = _sample_video(video, decoded, out_dir, cfg, ctx)
     if len(records) < cfg.num_frames:
         raise InputError(f"could not decode {cfg.num_frames - len(records)} of the {cfg.num_frames} sampled frames "
                          f"of {video}; the file may be damaged; try exporting the video again")
-    return _finish(records, ws)
+    return records
 
 
-def load_image_folder(folder: Path, ws: Workspace, cfg: FramesConfig,
-                      events: EventWriter | None = None) -> list[dict]:
+def load_image_folder(folder: Path, out_dir: Path, cfg: FramesConfig, ctx: StageContext) -> list[dict]:
     """Take at most `cfg.num_frames` photos, evenly spaced in name order; `frame_index` is the
     photo's position in that order. EXIF orientation is applied (cv2.IMREAD_COLOR does it)."""
     folder = Path(folder)
     _check_num_frames(cfg.num_frames)
-    paths = _list_images(folder)
+    paths = list_images(folder)
     picks = [window[0] for window in sampling_windows(len(paths), min(cfg.num_frames, len(paths)), 0.0)]
     records = []
     for k, index in enumerate(picks):
@@ -58,9 +58,9 @@ def load_image_folder(folder: Path, ws: Workspace, cfg: FramesConfig,
         if image is None:
             raise InputError(f"cannot read image {paths[index]}; "
                              "remove it from the folder or save it again as JPEG or PNG")
-        records.append(_save_frame(ws, index, resize_to_height(image, cfg.height)))
-        _emit(events, (k + 1) / len(picks), f"loaded photo {k + 1} of {len(picks)}")
-    return _finish(records, ws)
+        records.append(_save_frame(out_dir, index, resize_to_height(image, cfg.height)))
+        ctx.emit("frames", (k + 1) / len(picks), f"loaded photo {k + 1} of {len(picks)}")
+    return records
 
 
 def sampling_windows(total: int, n: int, window_fraction: float) -> list[list[int]]:
@@ -164,8 +164,8 @@ def _check_num_frames(n: int) -> None:
         raise InputError(f"{n} frames asked; try --num-frames 40")
 
 
-def _sample_video(video: Path, total: int, ws: Workspace, cfg: FramesConfig,
-                  events: EventWriter | None) -> tuple[list[dict], int]:
+def _sample_video(video: Path, total: int, out_dir: Path, cfg: FramesConfig,
+                  ctx: StageContext) -> tuple[list[dict], int]:
     """One decoding pass: save the sharpest candidate of each window as soon as the window is
     over (only one frame is held at a time). Returns the records and the frames decoded."""
     _check_frame_count(video, total, cfg.num_frames)
@@ -184,9 +184,9 @@ def _sample_video(video: Path, total: int, ws: Workspace, cfg: FramesConfig,
                     if best is None or score > best[0]:
                         best = (score, index, frame)
                 if index == windows[k][-1] and best is not None:
-                    records.append(_save_frame(ws, best[1], best[2], best[0]))
+                    records.append(_save_frame(out_dir, best[1], best[2], best[0]))
                     best = None
-                    _emit(events, len(records) / len(windows), f"sampled frame {len(records)} of {len(windows)}")
+                    ctx.emit("frames", len(records) / len(windows), f"sampled frame {len(records)} of {len(windows)}")
             index += 1
     finally:
         cap.release()
@@ -195,7 +195,8 @@ def _sample_video(video: Path, total: int, ws: Workspace, cfg: FramesConfig,
 
 # --- photos --------------------------------------------------------------------------------
 
-def _list_images(folder: Path) -> list[Path]:
+def list_images(folder: Path) -> list[Path]:
+    """The photos of a folder, in name order: what the frames stage reads (and fingerprints)."""
     if not folder.exists():
         raise InputError(f"image folder not found: {folder}; check the path")
     if not folder.is_dir():
@@ -212,26 +213,12 @@ def _list_images(folder: Path) -> list[Path]:
 
 # --- output --------------------------------------------------------------------------------
 
-def _save_frame(ws: Workspace, frame_index: int, image: np.ndarray, score: float | None = None) -> dict:
-    name = ws.frame_name(frame_index)
+def _save_frame(out_dir: Path, frame_index: int, image: np.ndarray, score: float | None = None) -> dict:
+    name = frame_name(frame_index)
     ok, png = cv2.imencode(".png", image)
-    assert ok, "PNG encoding failed"
-    atomic_write_bytes(ws.frames_dir / name, png.tobytes())
+    if not ok:
+        raise StageError(f"could not encode frame {frame_index} as PNG; try a smaller --height")
+    atomic_write_bytes(out_dir / name, png.tobytes())
     h, w = image.shape[:2]
-    return {"frame_index": int(frame_index), "image": f"{ws.frames_dir.name}/{name}", "width": w, "height": h,
+    return {"frame_index": int(frame_index), "image": f"{out_dir.name}/{name}", "width": w, "height": h,
             "sharpness": round(sharpness(image) if score is None else score, 3)}
-
-
-def _finish(records: list[dict], ws: Workspace) -> list[dict]:
-    """Remove frames left from earlier runs (later stages list the folder), write frames.json."""
-    keep = {Path(r["image"]).name for r in records}
-    for path in ws.frames_dir.glob("*.png"):
-        if path.name not in keep:
-            path.unlink()
-    atomic_write_json(ws.frames_json, records)
-    return records
-
-
-def _emit(events: EventWriter | None, progress: float, message: str) -> None:
-    if events is not None:
-        events.emit("frames", progress, message)

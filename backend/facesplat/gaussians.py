@@ -11,6 +11,7 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 
 from .core.ply import Splats, rgb_to_sh0
+from .errors import StageError
 
 
 def init_splats(xyz: np.ndarray, rgb: np.ndarray, sh_degree: int, device: str | torch.device,
@@ -20,7 +21,8 @@ def init_splats(xyz: np.ndarray, rgb: np.ndarray, sh_degree: int, device: str | 
     xyz = np.asarray(xyz, dtype=np.float32).reshape(-1, 3)
     n = len(xyz)
     if n == 0:
-        raise ValueError("no points to initialise Gaussians from")
+        raise StageError("structure from motion found no 3D points to start the Gaussians from; "
+                         "try a capture with more texture and overlap, or more --num-frames")
     k = min(4, n)
     dists, _ = NearestNeighbors(n_neighbors=k).fit(xyz).kneighbors(xyz)
     mean_dist = dists[:, 1:].mean(axis=1) if k > 1 else np.full(n, 0.01)

@@ -4,7 +4,7 @@ Every view is rendered once with two constant feature channels; by autograd, the
     sum(render[..., 0] * mask) + sum(render[..., 1])
 with respect to Gaussian i's features is (sum over pixels of mask * w_i, sum of w_i), where
 w_i = alpha_i * T_i is its blending weight: how much of the view it really shows, occlusion included.
-A Gaussian is *visible* in a view when its total weight exceeds `VISIBLE_WEIGHT`, and *inside* when
+A Gaussian is *visible* in a view when its total weight exceeds `visible_weight`, and *inside* when
 more than half of that weight falls on the head mask. We keep Gaussians inside in more than
 `threshold` of their visible views whose opacity exceeds `min_opacity`, and that lie inside the
 masks' visual hull: their centre projects onto the mask in more than `hull_fraction` of all views.
@@ -12,35 +12,60 @@ The hull test is needed because the visibility vote alone keeps room surfaces fa
 that are seen, in the views where they are not hidden, through the mask's margin around the head
 (on the sample capture: 57 % of the kept Gaussians were on the true head without it, 92 % with it).
 
-The per-Gaussian counts are cached in isolation.npz, so re-isolating with another threshold
-takes no rendering at all.
+The per-Gaussian counts are kept (isolation.npz, by the pipeline), so re-isolating with another
+threshold takes no rendering at all.
 """
 
 from __future__ import annotations
 
-import io
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .config import IsolateConfig
-from .core.events import EventWriter
 from .core.cameras import project_points
-from .core.ply import Splats, read_splat_ply, write_splat_ply
+from .core.ply import Splats
 from .errors import StageError
 from .gaussians import params_from_splats
 from .render import rasterize
+from .stage import StageContext
 from .views import View
-from .workspace import Workspace, atomic_write_bytes
 
-VISIBLE_WEIGHT = 0.1  # in pixels' worth of blending weight
+STAT_KEYS = ("visible_views", "inside_views", "hull_views", "num_views")
 
 
-def visibility_stats(splats: Splats, views: list[View], renderer: str, device,
-                     events: EventWriter | None = None) -> dict[str, np.ndarray]:
+@dataclass
+class IsolationResult:
+    head: Splats
+    stats: dict[str, np.ndarray]  # visibility_stats(): what a re-isolation reuses
+    summary: dict
+
+
+def isolate_head(splats: Splats, views_loader, stats: dict | None, cfg: IsolateConfig,
+                 ctx: StageContext) -> IsolationResult:
+    """The head's Gaussians of `splats`. `stats` from an earlier isolation of the same splats
+    skips the rendering; otherwise `views_loader()` gives the views to render."""
+    if stats is None or len(stats["visible_views"]) != len(splats):
+        stats = visibility_stats(splats, views_loader(), cfg, ctx)
+    keep = select_head(splats, stats, cfg)
+    if not keep.any():
+        raise StageError(
+            f"head isolation kept none of the {len(splats)} Gaussians; the head masks probably miss the head "
+            f"in most views (see masks.json); try a lower --threshold, or a capture where the head is in the "
+            f"middle of most frames")
+    head = splats.subset(keep)
+    ctx.emit("isolate", 1.0, f"kept {len(head)} of {len(splats)} Gaussians")
+    return IsolationResult(head, stats, {"gaussians_before_isolation": len(splats),
+                                         "gaussians_after_isolation": len(head),
+                                         "isolation_threshold": cfg.threshold,
+                                         "isolation_min_opacity": cfg.min_opacity})
+
+
+def visibility_stats(splats: Splats, views: list[View], cfg: IsolateConfig, ctx: StageContext) -> dict[str, np.ndarray]:
     """Per Gaussian: the views it is visible in, how many of those see it inside the mask, and in
     how many of all views its centre projects onto the mask (the visual hull test)."""
-    emit = events.emit if events else (lambda *a, **k: None)
+    device = ctx.device
     p = params_from_splats(splats, device)
     means, quats = p["means"], p["quats"]
     scales, opacities = torch.exp(p["scales"]), torch.sigmoid(p["opacities"])
@@ -52,14 +77,13 @@ def visibility_stats(splats: Splats, views: list[View], renderer: str, device,
         in_hull += centres_on_mask(splats.means, view)
         features = torch.ones(n, 2, device=device, requires_grad=True)
         render, _, _ = rasterize(means, quats, scales, opacities, features, view.viewmat, view.K,
-                                 view.width, view.height, backgrounds=torch.zeros(2, device=device),
-                                 backend=renderer)
+                                 view.width, view.height, backgrounds=torch.zeros(2, device=device))
         (render[..., 0] * view.mask[..., 0]).sum().add(render[..., 1].sum()).backward()
         grad = features.grad.detach().cpu().numpy()  # [N, 2]: (weight on the mask, total weight)
-        seen = grad[:, 1] > VISIBLE_WEIGHT
+        seen = grad[:, 1] > cfg.visible_weight
         visible += seen
         inside += seen & (grad[:, 0] > 0.5 * grad[:, 1])
-        emit("isolate", (i + 1) / len(views), f"checked view {i + 1} of {len(views)}")
+        ctx.emit("isolate", 0.95 * (i + 1) / len(views), f"checked view {i + 1} of {len(views)}")
     return {"visible_views": visible, "inside_views": inside, "hull_views": in_hull,
             "num_views": np.array(len(views))}
 
@@ -82,47 +106,3 @@ def select_head(splats: Splats, stats: dict[str, np.ndarray], cfg: IsolateConfig
     opacity = 1.0 / (1.0 + np.exp(-splats.opacities.astype(np.float64)))
     in_hull = stats["hull_views"] > cfg.hull_fraction * int(stats["num_views"])
     return (visible > 0) & (fraction > cfg.threshold) & (opacity > cfg.min_opacity) & in_hull
-
-
-def scene_fingerprint(ws: Workspace) -> str:
-    st = ws.scene_ply.stat()
-    return f"{st.st_size}:{st.st_mtime_ns}"
-
-
-def load_stats(ws: Workspace) -> dict[str, np.ndarray] | None:
-    """Cached stats, if they belong to the current scene.ply."""
-    try:
-        with np.load(ws.isolation_npz) as data:
-            if str(data["scene"]) != scene_fingerprint(ws):
-                return None
-            return {key: data[key] for key in ("visible_views", "inside_views", "hull_views", "num_views")}
-    except (OSError, KeyError, ValueError):
-        return None
-
-
-def save_stats(ws: Workspace, stats: dict[str, np.ndarray]) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, scene=np.array(scene_fingerprint(ws)), **stats)
-    atomic_write_bytes(ws.isolation_npz, buf.getvalue())
-
-
-def isolate_head(ws: Workspace, cfg: IsolateConfig, views_loader, renderer: str, device,
-                 events: EventWriter | None = None) -> dict:
-    """Write head.ply from scene.ply. `views_loader()` is called only if the stats are not cached."""
-    emit = events.emit if events else (lambda *a, **k: None)
-    splats = read_splat_ply(ws.scene_ply)
-    stats = load_stats(ws)
-    if stats is None or len(stats["visible_views"]) != len(splats):
-        stats = visibility_stats(splats, views_loader(), renderer, device, events)
-        save_stats(ws, stats)
-    keep = select_head(splats, stats, cfg)
-    if not keep.any():
-        raise StageError(
-            f"head isolation kept none of the {len(splats)} Gaussians; the head masks probably miss the head "
-            f"in most views (see masks.json: few frames with a detected face?); try a lower --threshold, or a "
-            f"capture where the face is visible in most frames")
-    head = splats.subset(keep)
-    write_splat_ply(ws.head_ply, head)
-    emit("isolate", 1.0, f"kept {len(head)} of {len(splats)} Gaussians")
-    return {"gaussians_before_isolation": len(splats), "gaussians_after_isolation": len(head),
-            "isolation_threshold": cfg.threshold, "isolation_min_opacity": cfg.min_opacity}

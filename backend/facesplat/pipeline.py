@@ -1,149 +1,387 @@
-"""The pipeline: the stages in order over one workspace, skipping the finished ones.
+"""The pipeline: the stage table, run in order over one workspace, skipping finished stages.
 
-Each stage's marker holds a hash of its configuration chained with the previous stage's hash, so
-a changed parameter re-runs its stage and everything after it. Running a stage first removes the
-markers of it and every later stage, so an interrupted run never trusts stale results.
+Every stage is `stage(inputs, cfg, ctx) -> outputs` (plain data; ctx carries events, device and
+cancellation). The pipeline owns the workspace: for each stage in `STAGES` it reads the inputs,
+calls the stage, writes the artefacts, merges the stage's figures into report.json and writes
+the stage's marker last. A marker holds the stage's config hash chained with the previous
+stage's, so a changed knob re-runs its stage and everything after it; running a stage first
+removes the markers of it and every later stage, so an interrupted run never trusts stale
+results. `reisolate` is the same machinery re-running one stage.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from . import frames as frames_stage
-from . import masks as masks_stage
+import numpy as np
+
 from .config import Config, config_hash
-from .core.events import EventWriter
-from .errors import Cancelled, DeviceError, FaceSplatError, InputError
-from .workspace import Workspace, atomic_write_bytes, check_writable
+from .core import events as events_module
+from .core.files import atomic_write_bytes
+from .errors import Cancelled, DeviceError, FaceSplatError, InputError, StageError
+from .stage import StageContext
+from .workspace import Workspace, atomic_write_json, check_writable, is_disk_full
 
 
-def source_identity(source: Path) -> dict:
-    """What the frames stage depends on: the input's path, size and modification time."""
+@dataclass
+class Run:
+    """One pipeline run's inputs and its lazily read workspace inputs."""
+
+    ws: Workspace
+    cfg: Config
+    ctx: StageContext
+    source: Path | None = None
+    is_images: bool = False
+    _views: list | None = field(default=None, repr=False)
+
+    def frames(self) -> list[dict]:
+        return read_workspace_file(self.ws.frames_json, _read_json_list)
+
+    def masks(self) -> list[dict]:
+        return read_workspace_file(self.ws.masks_json, _read_json_list)
+
+    def cameras(self):
+        from .core.cameras import read_cameras_json
+
+        return read_workspace_file(self.ws.cameras_json, read_cameras_json)
+
+    def views(self):
+        """Undistorted frames and masks as tensors on the run's device (read once per run)."""
+        if self._views is None:
+            from .views import load_views
+
+            self._views = load_views(self.ws.root, self.cameras(), self.ctx.device, self.cfg.train.crop_margin)
+        return self._views
+
+
+# --- the stages: read inputs, call the stage function, write its artefacts -------------------
+
+def _frames(run: Run) -> dict:
+    from . import frames
+
+    out_dir = run.ws.fresh_dir(run.ws.frames_dir)
+    extract = frames.load_image_folder if run.is_images else frames.extract_video_frames
+    records = extract(Path(run.source), out_dir, run.cfg.frames, run.ctx)
+    atomic_write_json(run.ws.frames_json, records)
+    return {"frames_sampled": len(records)}
+
+
+def _masks(run: Run) -> dict:
+    from . import masks
+
+    records = masks.compute_masks(run.frames(), run.ws, run.cfg.masks, run.ctx.events)
+    return {"frames_with_face": sum(m["source"] != "interpolated" for m in records)}
+
+
+# SfM's database: descriptors and keypoints of every frame, matches of every pair. COLMAP aborts
+# the whole process (SIGABRT, nothing to catch) when SQLite finds the disk full, so check first.
+SFM_BASE_BYTES = 32_000_000
+SFM_BYTES_PER_FRAME = 3_000_000
+
+
+def _sfm(run: Run) -> dict:
+    from .core.cameras import write_cameras_json
+    from .sfm import reconstruct
+
+    frames = run.frames()
+    run.ws.require_free_space(SFM_BASE_BYTES + SFM_BYTES_PER_FRAME * len(frames), "structure from motion")
+    work_dir = run.ws.fresh_dir(run.ws.sfm_dir)
+    result = reconstruct(frames, run.masks(), run.ws.frames_dir, work_dir, run.cfg.sfm, run.ctx)
+    write_cameras_json(run.ws.cameras_json, result.cameras, sfm_to_world=result.sfm_to_world)
+    write_npz(run.ws.points_npz, xyz=result.xyz, rgb=result.rgb)
+    return result.summary
+
+
+def _train(run: Run) -> dict:
+    from . import report
+    from .core.ply import write_splat_ply
+    from .render.device import backend_for
+    from .train import train
+
+    views = run.views()
+    points = read_workspace_file(run.ws.points_npz, lambda p: read_npz(p, "xyz", "rgb"))
+    result = train(views, points["xyz"], points["rgb"], run.cfg.train, run.ctx)
+    write_splat_ply(run.ws.scene_ply, result.splats)
+    figures = report.train_figures(result.params, views, run.cfg.train.sh_degree)
+    png = report.preview_png(result.params, views, run.cfg.train.sh_degree)
+    if png is not None:
+        atomic_write_bytes(run.ws.preview_png, png)
+    run.ctx.emit("train", 1.0, f"{len(result.splats)} Gaussians, PSNR in head mask {figures['psnr_in_mask_db']:.2f} dB")
+    return {**result.summary, **figures, "renderer": backend_for(run.ctx.device)}
+
+
+def _isolate(run: Run) -> dict:
+    from .core.ply import read_splat_ply, splats_to_ply_bytes
+    from .isolate import STAT_KEYS, isolate_head
+
+    ws, cfg = run.ws, run.cfg.isolate
+    splats = read_workspace_file(ws.scene_ply, read_splat_ply)
+    # The visibility counts belong to one scene.ply and one visibility rule.
+    cache_key = f"{_file_fingerprint(ws.scene_ply)}:{cfg.visible_weight}"
+    cached = None
+    if ws.isolation_npz.exists():
+        with contextlib.suppress(OSError, KeyError, ValueError):
+            stored = read_npz(ws.isolation_npz, "key", *STAT_KEYS)
+            if str(stored.pop("key")) == cache_key:
+                cached = stored
+    result = isolate_head(splats, run.views, cached, cfg, run.ctx)
+    if result.stats is not cached:
+        write_npz(ws.isolation_npz, key=np.array(cache_key), **result.stats)
+    data = splats_to_ply_bytes(result.head)
+    atomic_write_bytes(ws.isolation_ply(cfg.threshold, cfg.min_opacity), data)  # kept: re-isolating loses nothing
+    atomic_write_bytes(ws.head_ply, data)
+    return result.summary
+
+
+# --- what a finished stage leaves: `facesplat check` reads it back -----------------------------
+
+def _check_frames(run: Run) -> str:
+    frames = run.frames()
+    _require_files(run.ws, [f["image"] for f in frames])
+    return f"{len(frames)} frames"
+
+
+def _check_masks(run: Run) -> str:
+    masks = run.masks()
+    _require_files(run.ws, [m["mask"] for m in masks])
+    return f"{len(masks)} masks, a face found in {sum(m['source'] in ('frontal', 'profile') for m in masks)}"
+
+
+def _check_sfm(run: Run) -> str:
+    cameras = run.cameras()
+    points = read_workspace_file(run.ws.points_npz, lambda p: read_npz(p, "xyz", "rgb"))
+    _require_files(run.ws, [c.image for c in cameras])
+    return f"{len(cameras)} cameras registered, {len(points['xyz'])} sparse points"
+
+
+def _check_train(run: Run) -> str:
+    from .core.ply import read_splat_ply
+
+    return f"{len(read_workspace_file(run.ws.scene_ply, read_splat_ply))} Gaussians in scene.ply"
+
+
+def _check_isolate(run: Run) -> str:
+    from .core.ply import read_splat_ply
+
+    return f"{len(read_workspace_file(run.ws.head_ply, read_splat_ply))} Gaussians in head.ply"
+
+
+def _require_files(ws: Workspace, names: list[str]) -> None:
+    missing = [n for n in names if not (ws.root / n).is_file()]
+    if missing:
+        raise StageError(f"{len(missing)} of {len(names)} files are missing (first: {missing[0]})")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    config: Callable[[Run], object]  # what is hashed into the stage's marker
+    run: Callable[[Run], dict]  # returns figures for report.json
+    check: Callable[[Run], str]  # reads back what the stage left; a one-line summary
+
+
+STAGES = (
+    Stage("frames", lambda r: {"source": source_identity(r.source, r.is_images), "cfg": r.cfg.frames},
+          _frames, _check_frames),
+    Stage("masks", lambda r: r.cfg.masks, _masks, _check_masks),
+    Stage("sfm", lambda r: r.cfg.sfm, _sfm, _check_sfm),
+    Stage("train", lambda r: r.cfg.train, _train, _check_train),
+    Stage("isolate", lambda r: r.cfg.isolate, _isolate, _check_isolate),
+)
+assert tuple(s.name for s in STAGES) == events_module.STAGES  # the events' contract names them too
+STAGE_BY_NAME = {s.name: s for s in STAGES}
+
+
+def run_stages(run: Run, stages=STAGES, chain: str = "") -> dict:
+    """Run `stages` in order (each unless its marker matches); `chain` is the hash of the stage
+    before the first one. Returns the report."""
+    ws = run.ws
+    for stage in stages:
+        chain = config_hash(chain, stage.name, stage.config(run))
+        if ws.is_done(stage.name, chain):
+            run.ctx.emit(stage.name, 1.0, f"{stage.name}: already done, reusing the workspace")
+            continue
+        ws.invalidate_from(stage.name)
+        started = time.time()
+        with stage_errors(stage.name):
+            figures = stage.run(run)
+        seconds = round(time.time() - started, 2)
+        report = ws.read_report()
+        ws.update_report(**figures, stage_seconds={**report.get("stage_seconds", {}), stage.name: seconds})
+        ws.mark_done(stage.name, chain, seconds=seconds)
+    return ws.read_report()
+
+
+@contextlib.contextmanager
+def stage_errors(stage: str):
+    """The one place where what a stage may raise becomes a FaceSplatError (one line, exit code)."""
+    try:
+        yield
+    except FaceSplatError:
+        raise
+    except KeyboardInterrupt:
+        raise Cancelled("interrupted; the workspace keeps every finished stage: run the same command again "
+                        "to resume") from None
+    except MemoryError:
+        raise DeviceError(f"{stage} ran out of memory; try a smaller --height or --num-frames") from None
+    except OSError as err:
+        if is_disk_full(err):
+            raise InputError(f"the disk is full ({err.filename or 'writing ' + stage}); free some space or choose "
+                             "another --workspace / --output, then run the same command again") from None
+        raise
+    except Exception as err:
+        if type(err).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch
+            raise DeviceError("the GPU ran out of memory; try a smaller --height or --num-frames, or --device cpu") from None
+        raise
+
+
+def read_workspace_file(path: Path, reader):
+    """Read a workspace artefact; a missing or damaged one is the workspace's fault, said in one line."""
+    try:
+        return reader(path)
+    except FaceSplatError:
+        raise
+    except FileNotFoundError:
+        raise StageError(f"{path} is missing; the workspace is incomplete: run 'facesplat check --workspace "
+                         f"{path.parent}', or run the same command again") from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise StageError(f"{path.name} in the workspace is damaged ({_first_line(err)}); delete it (or the "
+                         "workspace) and run the same command again") from None
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def _read_json_list(path: Path) -> list:
+    data = json.loads(path.read_text())
+    if not isinstance(data, list):
+        raise ValueError("expected a list of records")
+    return data
+
+
+def write_npz(path: Path, **arrays) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_npz(path: Path, *keys: str) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in keys}
+
+
+def _file_fingerprint(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def source_identity(source: Path, is_images: bool) -> dict:
+    """What the frames stage depends on: the video's path, size and modification time, or those
+    of the photos a folder holds (only the photos: an output written into the folder is not input)."""
+    from .frames import list_images
+
     source = Path(source)
     if not source.exists():
         raise InputError(f"{source} does not exist; check the path")
-    if source.is_dir():
-        files = sorted(p for p in source.iterdir() if p.is_file())
+    if is_images:
+        files = list_images(source)
         return {"path": str(source.resolve()), "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]}
     st = source.stat()
     return {"path": str(source.resolve()), "size": st.st_size, "mtime": st.st_mtime_ns}
 
 
-class _Stages:
-    """Runs stage functions with markers, timing and the report."""
-
-    def __init__(self, ws: Workspace, events: EventWriter):
-        self.ws, self.events, self.hash = ws, events, ""
-
-    def run(self, stage: str, cfg, fn, load):
-        """Run `fn()` unless the stage's marker matches; either way return the stage's result."""
-        self.hash = config_hash(self.hash, stage, cfg)
-        if self.ws.is_done(stage, self.hash):
-            self.events.emit(stage, 1.0, f"{stage}: already done, reusing the workspace")
-            return load()
-        self.ws.invalidate_from(stage)
-        started = time.time()
-        result = fn()
-        seconds = round(time.time() - started, 2)
-        report = self.ws.read_report()
-        self.ws.update_report(stage_seconds={**report.get("stage_seconds", {}), stage: seconds})
-        self.ws.mark_done(stage, self.hash, seconds=seconds)
-        return result
+def check_output(output: Path, ws: Workspace, source: Path | None = None) -> None:
+    """Refuse an --output that would overwrite the input video or a file of the workspace, and one
+    that cannot be written (before the long work, not after it)."""
+    output = Path(output)
+    resolved = output.resolve()
+    if source is not None and Path(source).is_file() and resolved.exists() and os.path.samefile(resolved, source):
+        raise InputError(f"--output {output} is the input video; choose another file name, e.g. head.ply")
+    if resolved == ws.root or ws.root in resolved.parents:
+        raise InputError(f"--output {output} is inside the workspace {ws.root}, whose files the pipeline "
+                         "manages; choose a path outside it")
+    check_writable(output)
 
 
-def _read_json(path: Path):
-    return json.loads(path.read_text())
-
-
-def run(source: Path, is_images: bool, output: Path, ws: Workspace, cfg: Config,
-        events: EventWriter, device_name: str | None = None) -> dict:
-    """Video (or image folder) -> head.ply at `output`. Returns the report."""
-    import torch  # heavy imports stay out of `facesplat --help`
-
-    from .core.cameras import read_cameras_json
-    from .device import renderer_for, resolve_device
-    from .isolate import isolate_head
-    from .sfm import load_points, reconstruct
-    from .train import train
-    from .views import load_views
-
-    check_writable(output)  # before the long work, not after it
-    identity = source_identity(source)
-    device = resolve_device(device_name or cfg.device)
-    renderer = renderer_for(device)
-    stages = _Stages(ws, events)
+@contextlib.contextmanager
+def _reported(ctx: StageContext):
+    """Every failure also ends events.jsonl with an error line (what the Blender panel shows)."""
     try:
-        def do_frames():
-            if is_images:
-                return frames_stage.load_image_folder(Path(source), ws, cfg.frames, events)
-            return frames_stage.extract_video_frames(Path(source), ws, cfg.frames, events)
-
-        frames = stages.run("frames", {"source": identity, "cfg": cfg.frames}, do_frames,
-                            lambda: _read_json(ws.frames_json))
-        masks = stages.run("masks", cfg.masks,
-                           lambda: masks_stage.compute_masks(frames, ws, cfg.masks, events),
-                           lambda: _read_json(ws.masks_json))
-
-        def do_sfm():
-            summary = reconstruct(frames, masks, ws, cfg.sfm, events)
-            ws.update_report(frames_sampled=len(frames),
-                             frames_with_face=sum(m["source"] != "interpolated" for m in masks), **summary)
-
-        stages.run("sfm", cfg.sfm, do_sfm, lambda: None)
-        cameras = read_cameras_json(ws.cameras_json)
-
-        def do_train():
-            xyz, rgb = load_points(ws.points_npz)
-            ws.update_report(**train(cameras, xyz, rgb, ws, cfg.train, device, renderer, events))
-
-        stages.run("train", cfg.train, do_train, lambda: None)
-        stages.run("isolate", cfg.isolate,
-                   lambda: ws.update_report(**isolate_head(
-                       ws, cfg.isolate, lambda: load_views(ws.root, cameras, device), renderer, device, events)),
-                   lambda: None)
-        atomic_write_bytes(output, ws.head_ply.read_bytes())
-    except KeyboardInterrupt:
-        err = Cancelled("interrupted; the workspace keeps every finished stage: run the same command again to resume")
-        events.emit("error", 0.0, str(err))
-        raise err from None
-    except torch.cuda.OutOfMemoryError:
-        err = DeviceError("the GPU ran out of memory; try a smaller --height or --num-frames, or --device cpu")
-        events.emit("error", 0.0, str(err))
-        raise err from None
+        yield
     except FaceSplatError as err:
-        events.emit("error", 0.0, str(err))
+        ctx.emit("error", 0.0, str(err))
         raise
-    report = ws.update_report(output=str(Path(output).resolve()))
-    events.emit("done", 1.0, f"wrote {output} ({report.get('gaussians_after_isolation', '?')} Gaussians)",
-                output=str(Path(output).resolve()))
+    except KeyboardInterrupt:
+        err = Cancelled("interrupted; run the same command again to resume")
+        ctx.emit("error", 0.0, str(err))
+        raise err from None
+
+
+def run(source: Path, is_images: bool, output: Path, ws: Workspace, cfg: Config, ctx: StageContext) -> dict:
+    """Video (or image folder) -> head.ply at `output`. Returns the report."""
+    check_output(output, ws, source)
+    ws.prepare()
+    with ws.locked(), _reported(ctx):  # locked first: a refused run must not write the other's events
+        report = run_stages(Run(ws, cfg, ctx, Path(source), is_images))
+        with stage_errors("export"):
+            atomic_write_bytes(output, ws.head_ply.read_bytes())
+        report = ws.update_report(output=str(Path(output).resolve()))
+    ctx.emit("done", 1.0, f"wrote {output} ({report.get('gaussians_after_isolation', '?')} Gaussians)",
+             output=str(Path(output).resolve()))
     return report
 
 
-def reisolate(ws: Workspace, output: Path, cfg: Config, events: EventWriter, device_name: str | None = None) -> dict:
-    """Re-run only the isolation on a finished workspace (cached visibility: seconds)."""
-    from .core.cameras import read_cameras_json
-    from .device import renderer_for, resolve_device
-    from .isolate import isolate_head
-    from .views import load_views
+def reisolate(ws: Workspace, output: Path, cfg: Config, ctx: StageContext) -> dict:
+    """Re-run only the isolation stage on a trained workspace (cached visibility: seconds)."""
+    with ws.locked(), _reported(ctx):
+        chain = _marker_hash(ws, "train")
+        if chain is None or not ws.scene_ply.exists():
+            raise InputError(f"{ws.root} has no trained scene yet (the train stage has not finished); "
+                             "run 'facesplat run' on it first")
+        check_output(output, ws)
+        report = run_stages(Run(ws, cfg, ctx), [STAGE_BY_NAME["isolate"]], chain=chain)
+        with stage_errors("export"):
+            atomic_write_bytes(output, ws.head_ply.read_bytes())
+    ctx.emit("done", 1.0, f"wrote {output} ({report['gaussians_after_isolation']} Gaussians)",
+             output=str(Path(output).resolve()))
+    return report
 
-    if not ws.scene_ply.exists() or not ws.cameras_json.exists():
-        raise InputError(f"{ws.root} has no trained scene (scene.ply, cameras.json); run 'facesplat run' first")
-    check_writable(output)
-    device = resolve_device(device_name or "cpu", say=lambda msg: None)
-    cameras = read_cameras_json(ws.cameras_json)
+
+def _marker_hash(ws: Workspace, stage: str) -> str | None:
     try:
-        summary = isolate_head(ws, cfg.isolate, lambda: load_views(ws.root, cameras, device),
-                               renderer_for(device), device, events)
-        atomic_write_bytes(output, ws.head_ply.read_bytes())
-    except KeyboardInterrupt:
-        events.emit("error", 0.0, "isolation interrupted")
-        raise Cancelled("isolation interrupted; head.ply is unchanged") from None
-    except FaceSplatError as err:
-        events.emit("error", 0.0, str(err))
-        raise
-    ws.update_report(**summary)
-    events.emit("done", 1.0, f"wrote {output} ({summary['gaussians_after_isolation']} Gaussians)",
-                output=str(Path(output).resolve()))
-    return summary
+        return json.loads(ws.marker(stage).read_text())["config_hash"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_workspace(ws: Workspace) -> tuple[list[str], list[str]]:
+    """What state a workspace is in: (a line per stage, problems). A stage whose marker is there
+    must have left readable artefacts; the first unfinished stage is where a run resumes."""
+    lines, problems = [], []
+    run = Run(ws, Config(), StageContext())
+    resumes = None
+    for stage in STAGES:
+        if not ws.marker(stage.name).exists():
+            resumes = resumes or stage.name
+            lines.append(f"{stage.name:>8}: not done")
+            continue
+        if resumes is not None:
+            problems.append(f"{stage.name} is marked done after the unfinished stage {resumes}")
+        try:
+            lines.append(f"{stage.name:>8}: done, {stage.check(run)}")
+        except FaceSplatError as err:
+            lines.append(f"{stage.name:>8}: DAMAGED, {err}")
+            problems.append(f"{stage.name}: {err}")
+    leftovers = sorted(p.name for p in ws.root.rglob(".*.tmp"))
+    if leftovers:
+        lines.append(f"leftover temporary files of an interrupted write (harmless): {', '.join(leftovers[:5])}")
+    lines.append(f"a run resumes at: {resumes}" if resumes else "every stage is done")
+    return lines, problems

@@ -8,17 +8,16 @@ upright at the origin in Blender, at roughly metric scale.
 
 from __future__ import annotations
 
-import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pycolmap
 
 from .config import SfmConfig
-from .core.cameras import CameraFrame, world_to_camera_after_similarity, write_cameras_json
-from .core.events import EventWriter
+from .core.cameras import CameraFrame, world_to_camera_after_similarity
 from .errors import Cancelled, StageError
-from .workspace import Workspace, atomic_write_bytes
+from .stage import StageContext
 
 pycolmap.logging.minloglevel = 2  # COLMAP's INFO/WARNING flood; progress goes through events
 
@@ -26,26 +25,32 @@ pycolmap.logging.minloglevel = 2  # COLMAP's INFO/WARNING flood; progress goes t
 ASSUMED_CAMERA_DISTANCE_M = 0.5
 
 
-def reconstruct(frames: list[dict], masks: list[dict], ws: Workspace, cfg: SfmConfig,
-                events: EventWriter | None = None, cancel=None) -> dict:
-    """Register `frames` with pycolmap; write cameras.json and points.npz. Returns a summary."""
-    emit = events.emit if events else (lambda *a, **k: None)
+@dataclass
+class SfmResult:
+    cameras: list[CameraFrame]  # registered frames, in the head frame
+    xyz: np.ndarray  # [P, 3] float32 sparse points, same frame
+    rgb: np.ndarray  # [P, 3] uint8
+    sfm_to_world: dict  # x_world = scale R x_colmap + t
+    summary: dict  # for report.json
+
+
+def reconstruct(frames: list[dict], masks: list[dict], frames_dir: Path, work_dir: Path, cfg: SfmConfig,
+                ctx: StageContext) -> SfmResult:
+    """Register `frames` (images in `frames_dir`) with pycolmap, working in the empty folder
+    `work_dir` (COLMAP's database, and the kept model in `work_dir/model`)."""
+    emit = ctx.emit
     n = len(frames)
-    if ws.sfm_dir.exists():
-        shutil.rmtree(ws.sfm_dir)  # a previous, unfinished attempt: start the stage clean
-    ws.sfm_dir.mkdir(parents=True)
-    database = ws.sfm_dir / "database.db"
+    database = work_dir / "database.db"
     image_names = [Path(f["image"]).name for f in frames]
     token = pycolmap.CancellationToken()
-    if cancel is not None:
-        cancel.append(token.cancel)
+    ctx.cancel_hooks.append(token.cancel)
 
     emit("sfm", 0.0, f"extracting features from {n} frames")
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.sift.max_num_features = cfg.max_num_features
     extraction.sift.peak_threshold = cfg.peak_threshold
     pycolmap.extract_features(
-        database, ws.frames_dir, image_names=image_names,
+        database, frames_dir, image_names=image_names,
         camera_mode=pycolmap.CameraMode.SINGLE,  # AUTO silently drops the shared camera
         reader_options=pycolmap.ImageReaderOptions(camera_model="SIMPLE_RADIAL"),
         extraction_options=extraction, device=pycolmap.Device.cpu, cancellation_token=token)
@@ -69,22 +74,19 @@ def reconstruct(frames: list[dict], masks: list[dict], ws: Workspace, cfg: SfmCo
         emit("sfm", 0.5 + 0.45 * min(1.0, registered[0] / n), f"registered {registered[0]} of {n} frames")
 
     options = pycolmap.IncrementalPipelineOptions()
-    options.random_seed = 0
+    options.random_seed = cfg.random_seed
     # Small frames carry few features: accept smaller (still verified) inlier sets.
     options.mapper.init_min_num_inliers = 4 * cfg.min_pose_inliers
     options.mapper.abs_pose_min_num_inliers = cfg.min_pose_inliers
-    options.mapper.abs_pose_min_inlier_ratio = 0.15
-    models = pycolmap.incremental_mapping(database, ws.frames_dir, ws.sfm_dir, options=options,
+    options.mapper.abs_pose_min_inlier_ratio = cfg.min_pose_inlier_ratio
+    models = pycolmap.incremental_mapping(database, frames_dir, work_dir, options=options,
                                           next_image_callback=next_image, cancellation_token=token)
     _raise_if_cancelled(token)
-    if not models:
-        raise StageError(f"structure from motion registered none of the {n} frames; "
-                         "try a slower orbit with more overlap, more texture in the background, or more --num-frames")
-    best = max(models.values(), key=lambda r: r.num_reg_images())
-    num_registered = best.num_reg_images()
+    best = max(models.values(), key=lambda r: r.num_reg_images()) if models else None
+    num_registered = best.num_reg_images() if best is not None else 0
     if num_registered < max(3, cfg.min_registered_fraction * n):
-        raise StageError(f"structure from motion registered only {num_registered} of {n} frames; "
-                         "try a slower orbit with more overlap, sharper (less blurred) video, or more --num-frames")
+        raise StageError(f"structure from motion registered {'only ' if num_registered else ''}"
+                         f"{num_registered or 'none'} of {n} frames; {registration_advice(frames)}")
 
     by_name = {Path(f["image"]).name: f for f in frames}
     mask_by_index = {m["frame_index"]: m for m in masks}
@@ -97,12 +99,9 @@ def reconstruct(frames: list[dict], masks: list[dict], ws: Workspace, cfg: SfmCo
     cameras = [_transform_camera(c, scale, rotation, translation) for c in cameras]
     xyz = scale * xyz @ rotation.T + translation
 
-    kept_dir = ws.sfm_dir / "model"
+    kept_dir = work_dir / "model"
     kept_dir.mkdir(exist_ok=True)
     best.write(kept_dir)  # COLMAP's own frame, for inspection with COLMAP tools
-    write_cameras_json(ws.cameras_json, cameras, sfm_to_world={
-        "scale": scale, "rotation": rotation.tolist(), "translation": translation.tolist()})
-    _save_points(ws.points_npz, xyz.astype(np.float32), rgb)
     summary = {
         "frames_registered": num_registered,
         "mean_reprojection_error_px": float(best.compute_mean_reprojection_error()),
@@ -111,7 +110,25 @@ def reconstruct(frames: list[dict], masks: list[dict], ws: Workspace, cfg: SfmCo
         "matching": "exhaustive" if exhaustive else "sequential",
     }
     emit("sfm", 1.0, f"registered {num_registered} of {n} frames, {len(xyz)} points")
-    return summary
+    return SfmResult(cameras=cameras, xyz=xyz.astype(np.float32), rgb=rgb,
+                     sfm_to_world={"scale": scale, "rotation": rotation.tolist(), "translation": translation.tolist()},
+                     summary=summary)
+
+
+# Below this many pixels on the frame's short side SIFT finds too few features to register
+# (a portrait video at --height 180 is 100 px wide: 2 of 40 registered; at 360, 40 of 40).
+MIN_SHORT_SIDE_PX = 240
+
+
+def registration_advice(frames: list[dict]) -> str:
+    """What to try when too few frames register: a larger --height when the frames are small."""
+    short = min(min(f["width"], f["height"]) for f in frames) if frames else 0
+    if 0 < short < MIN_SHORT_SIDE_PX:
+        height = frames[0]["height"]
+        needed = int(np.ceil(height * MIN_SHORT_SIDE_PX / short / 2) * 2)
+        return (f"the frames are only {short} px on their short side, too small to match: "
+                f"try --height {max(needed, 360)}")
+    return "try a slower orbit with more overlap, sharper (less blurred) video, or more --num-frames"
 
 
 def _raise_if_cancelled(token) -> None:
@@ -187,15 +204,3 @@ def _transform_camera(cam: CameraFrame, s: float, R: np.ndarray, t: np.ndarray) 
     """Camera after the world moves by x' = s R x + t (projection unchanged)."""
     cam.world_to_camera = world_to_camera_after_similarity(cam.world_to_camera, s, R, t)
     return cam
-
-
-def _save_points(path: Path, xyz: np.ndarray, rgb: np.ndarray) -> None:
-    import io
-    buf = io.BytesIO()
-    np.savez(buf, xyz=xyz, rgb=rgb)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_points(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path) as data:
-        return data["xyz"], data["rgb"]

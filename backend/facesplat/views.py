@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .core.cameras import CameraFrame
+from .errors import StageError
 
 
 @dataclass
@@ -77,9 +78,13 @@ def head_box(mask: np.ndarray, margin: float) -> tuple[int, int, int, int]:
 def load_view(root, cam: CameraFrame, device, margin: float = 0.1) -> View:
     bgr = cv2.imread(str(root / cam.image), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise FileNotFoundError(root / cam.image)
+        raise StageError(f"frame {root / cam.image} is missing or unreadable; the workspace is damaged: "
+                         "run 'facesplat check' on it, or delete it and run again")
     if cam.mask:
         mask = cv2.imread(str(root / cam.mask), cv2.IMREAD_GRAYSCALE)
+        if mask is None or mask.shape != bgr.shape[:2]:
+            raise StageError(f"mask {root / cam.mask} is missing, unreadable or of another size than its frame; "
+                             "the workspace is damaged: delete it and run again")
     else:
         mask = np.full(bgr.shape[:2], 255, np.uint8)
     rgb = undistort(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), cam)

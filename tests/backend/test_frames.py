@@ -14,6 +14,7 @@ from facesplat.core.events import EventWriter, read_events
 from facesplat.errors import InputError
 from facesplat.frames import (extract_video_frames, load_image_folder, resize_to_height, rotate_clockwise,
                               sampling_windows)
+from facesplat.stage import StageContext
 from facesplat.workspace import Workspace
 from helpers import write_video
 
@@ -95,7 +96,12 @@ def assert_one_line_input_error(call, *must_contain):
 
 @pytest.fixture
 def ws(tmp_path):
-    return Workspace(tmp_path / "ws")
+    return Workspace(tmp_path / "ws").prepare()
+
+
+def sample(extract, source, ws, cfg, events=None):
+    """The frames stage as the pipeline runs it: into an emptied frames/ folder."""
+    return extract(source, ws.fresh_dir(ws.frames_dir), cfg, StageContext(events))
 
 
 # --- sampling ------------------------------------------------------------------------------
@@ -114,12 +120,11 @@ def test_sampling_windows_are_even_disjoint_and_central():
 
 def test_video_sampling_count_indices_and_files(ws):
     video = write_video(ws.root / "in.mp4", [numbered_frame(i) for i in range(60)])
-    records = extract_video_frames(video, ws, FramesConfig(num_frames=10, height=96, sharpness_window=0.0))
+    records = sample(extract_video_frames, video, ws, FramesConfig(num_frames=10, height=96, sharpness_window=0.0))
 
     expected = [w[0] for w in sampling_windows(60, 10, 0.0)]
     assert [r["frame_index"] for r in records] == expected
     assert np.all(np.diff(expected) == 6)
-    assert json.loads(ws.frames_json.read_text()) == records
     for r in records:
         assert r["image"] == f"frames/{ws.frame_name(r['frame_index'])}"
         image = cv2.imread(str(ws.root / r["image"]))
@@ -136,10 +141,10 @@ def test_prefers_sharpest_frame_in_the_window_centre(ws):
     frames = [textured_frame(i) if i in sharp | edge_decoys else cv2.GaussianBlur(textured_frame(i), (0, 0), 3)
               for i in range(48)]
     video = write_video(ws.root / "in.mp4", frames)
-    records = extract_video_frames(video, ws, FramesConfig(num_frames=8, height=96, sharpness_window=0.5))
+    records = sample(extract_video_frames, video, ws, FramesConfig(num_frames=8, height=96, sharpness_window=0.5))
 
     assert [r["frame_index"] for r in records] == sorted(sharp)
-    blurred = extract_video_frames(video, ws, FramesConfig(num_frames=8, height=96, sharpness_window=0.0))
+    blurred = sample(extract_video_frames, video, ws, FramesConfig(num_frames=8, height=96, sharpness_window=0.0))
     assert sum(r["sharpness"] for r in records) > 2 * sum(r["sharpness"] for r in blurred)
 
 
@@ -153,7 +158,7 @@ def test_sizes_are_even_and_keep_the_aspect_ratio(ws):
     assert resize_to_height(np.zeros((90, 160, 3), np.uint8), 1080).shape[:2] == (90, 160), "never upscale"
 
     video = write_video(ws.root / "in.mp4", [numbered_frame(i, (90, 160)) for i in range(8)])
-    records = extract_video_frames(video, ws, FramesConfig(num_frames=4, height=45))
+    records = sample(extract_video_frames, video, ws, FramesConfig(num_frames=4, height=45))
     assert {(r["width"], r["height"]) for r in records} == {(78, 44)}
 
 
@@ -165,7 +170,7 @@ def test_phone_rotation_tag_gives_upright_frames(ws, degrees):
     stored = rotate_clockwise(up, -degrees)  # what the phone's sensor recorded
     video = set_mp4_rotation(write_video(ws.root / "in.mp4", [stored] * 6), degrees)
 
-    records = extract_video_frames(video, ws, FramesConfig(num_frames=2, height=96))
+    records = sample(extract_video_frames, video, ws, FramesConfig(num_frames=2, height=96))
     image = cv2.imread(str(ws.root / records[0]["image"]))
     assert image.shape == up.shape
     assert np.abs(image.astype(int) - up).mean() < 12
@@ -183,7 +188,7 @@ def test_phone_rotation_tag_gives_upright_frames(ws, degrees):
 
 def test_bad_video_inputs_raise_one_line_input_errors(ws, tmp_path):
     cfg = FramesConfig(num_frames=4, height=48)
-    run = lambda path, c=cfg: lambda: extract_video_frames(path, ws, c)  # noqa: E731
+    run = lambda path, c=cfg: lambda: sample(extract_video_frames, path, ws, c)  # noqa: E731
 
     assert_one_line_input_error(run(tmp_path / "nope.mp4"), "not found")
     assert_one_line_input_error(run(tmp_path), "not a file")
@@ -208,7 +213,7 @@ def test_bad_video_inputs_raise_one_line_input_errors(ws, tmp_path):
     short = write_video(tmp_path / "short.mp4", [numbered_frame(i) for i in range(3)])
     assert_one_line_input_error(run(short), "only 3 frames", "--num-frames 3")
     assert_one_line_input_error(run(short, FramesConfig(num_frames=0)), "--num-frames")
-    assert not ws.frames_json.exists()
+    assert not any(ws.frames_dir.iterdir())
 
 
 # --- photo folders -------------------------------------------------------------------------
@@ -225,13 +230,13 @@ def test_image_folder_sorted_even_picks_and_orientation(ws, tmp_path):
     (folder / "notes.txt").write_text("not a photo")
     (folder / "._img_00.jpg").write_bytes(b"macOS metadata")
 
-    records = load_image_folder(folder, ws, FramesConfig(num_frames=3, height=96))
+    records = sample(load_image_folder, folder, ws, FramesConfig(num_frames=3, height=96))
     assert [r["frame_index"] for r in records] == [1, 4, 7]
     upright = cv2.imread(str(ws.root / records[1]["image"]))
     assert upright.shape == up.shape and np.abs(upright.astype(int) - up).mean() < 12
     assert frame_number(cv2.imread(str(ws.root / records[2]["image"]))) == 7
 
-    everything = load_image_folder(folder, ws, FramesConfig(num_frames=40, height=48))
+    everything = sample(load_image_folder, folder, ws, FramesConfig(num_frames=40, height=48))
     assert [r["frame_index"] for r in everything] == list(range(9))
     assert all((r["width"], r["height"]) == (32, 48) for r in everything)
     assert len(list(ws.frames_dir.iterdir())) == 9
@@ -239,27 +244,27 @@ def test_image_folder_sorted_even_picks_and_orientation(ws, tmp_path):
 
 def test_bad_image_folders_raise_one_line_input_errors(ws, tmp_path):
     cfg = FramesConfig(num_frames=4)
-    assert_one_line_input_error(lambda: load_image_folder(tmp_path / "nope", ws, cfg), "not found")
+    assert_one_line_input_error(lambda: sample(load_image_folder, tmp_path / "nope", ws, cfg), "not found")
     file = tmp_path / "a.txt"
     file.write_text("x")
-    assert_one_line_input_error(lambda: load_image_folder(file, ws, cfg), "not a folder")
+    assert_one_line_input_error(lambda: sample(load_image_folder, file, ws, cfg), "not a folder")
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "readme.txt").write_text("no photos here")
-    assert_one_line_input_error(lambda: load_image_folder(empty, ws, cfg), "no photos")
+    assert_one_line_input_error(lambda: sample(load_image_folder, empty, ws, cfg), "no photos")
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "a.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    assert_one_line_input_error(lambda: load_image_folder(broken, ws, cfg), "cannot read image", "a.jpg")
+    assert_one_line_input_error(lambda: sample(load_image_folder, broken, ws, cfg), "cannot read image", "a.jpg")
 
 
 # --- workspace hygiene and progress ----------------------------------------------------------
 
 def test_rerun_removes_stale_frames_and_emits_progress(ws):
     video = write_video(ws.root / "in.mp4", [numbered_frame(i) for i in range(30)])
-    extract_video_frames(video, ws, FramesConfig(num_frames=10, height=48))
+    sample(extract_video_frames, video, ws, FramesConfig(num_frames=10, height=48))
     events = EventWriter(ws.events)
-    records = extract_video_frames(video, ws, FramesConfig(num_frames=3, height=48), events)
+    records = sample(extract_video_frames, video, ws, FramesConfig(num_frames=3, height=48), events)
 
     assert sorted(p.name for p in ws.frames_dir.iterdir()) == [ws.frame_name(r["frame_index"]) for r in records]
     emitted, _ = read_events(ws.events)

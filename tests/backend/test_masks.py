@@ -15,6 +15,7 @@ from facesplat.config import FramesConfig, MaskConfig
 from facesplat.errors import StageError
 from facesplat.frames import extract_video_frames, load_image_folder
 from facesplat.masks import HeadEllipse, compute_masks, fill_gaps, head_silhouette, reject_outliers
+from facesplat.stage import StageContext
 from facesplat.workspace import Workspace
 
 from capture_truth import true_head_mask
@@ -31,8 +32,8 @@ pytestmark = pytest.mark.skipif(not MARBLE.exists(), reason=f"shared test data n
 @pytest.fixture(scope="module")
 def capture_run(tmp_path_factory, capture_dir):
     """CAPTURE_FRAMES frames of the orbit and their masks, computed once for the module."""
-    ws = Workspace(tmp_path_factory.mktemp("capture") / "ws")
-    frames = extract_video_frames(capture_dir / "video.mp4", ws, FramesConfig(num_frames=CAPTURE_FRAMES))
+    ws = Workspace(tmp_path_factory.mktemp("capture") / "ws").prepare()
+    frames = extract_video_frames(capture_dir / "video.mp4", ws.fresh_dir(ws.frames_dir), FramesConfig(num_frames=CAPTURE_FRAMES), StageContext())
     return ws, frames, compute_masks(frames, ws, CFG)
 
 
@@ -73,7 +74,7 @@ def test_capture_masks_cover_the_true_head(capture_run, capture_dir):
 
 def test_silhouette_cut_removes_the_background_inside_the_ellipse(capture_run, capture_dir, tmp_path):
     ws_full, frames, cut = capture_run
-    ws = Workspace(tmp_path / "ws")
+    ws = Workspace(tmp_path / "ws").prepare()
     shutil.copytree(ws_full.frames_dir, ws.frames_dir)
     ellipses = compute_masks(frames, ws, MaskConfig(min_face_fraction=CFG.min_face_fraction, refine=False))
     assert all(m["shape"] == "ellipse" for m in ellipses)
@@ -93,8 +94,8 @@ def test_face_photos_get_a_mask_on_the_face(tmp_path, name):
     photos = tmp_path / "photos"
     photos.mkdir()
     shutil.copy(DATA / "face_photos" / name, photos / name)
-    ws = Workspace(tmp_path / "ws")
-    frames = load_image_folder(photos, ws, FramesConfig(height=512))
+    ws = Workspace(tmp_path / "ws").prepare()
+    frames = load_image_folder(photos, ws.fresh_dir(ws.frames_dir), FramesConfig(height=512), StageContext())
     [record] = compute_masks(frames, ws, CFG)
 
     # astronaut.png also has a bigger, weaker false hit on the shuttle behind her.
@@ -110,7 +111,7 @@ def test_face_photos_get_a_mask_on_the_face(tmp_path, name):
 
 def test_missed_frames_are_interpolated_from_their_neighbours(capture_run, tmp_path):
     ws_full, frames, full = capture_run
-    ws = Workspace(tmp_path / "ws")
+    ws = Workspace(tmp_path / "ws").prepare()
     shutil.copytree(ws_full.frames_dir, ws.frames_dir)
     (ws.masks_dir).mkdir()
     (ws.masks_dir / "000999.png").write_bytes(b"stale")
@@ -159,8 +160,8 @@ def test_no_face_anywhere_raises_a_one_line_stage_error(tmp_path):
     folder.mkdir()
     for k in range(3):
         cv2.imwrite(str(folder / f"{k}.png"), marble[k * 400:k * 400 + 1080, k * 300:k * 300 + 1080])
-    ws = Workspace(tmp_path / "ws")
-    frames = load_image_folder(folder, ws, FramesConfig(height=360))
+    ws = Workspace(tmp_path / "ws").prepare()
+    frames = load_image_folder(folder, ws.fresh_dir(ws.frames_dir), FramesConfig(height=360), StageContext())
 
     with pytest.raises(StageError) as info:
         compute_masks(frames, ws, CFG)

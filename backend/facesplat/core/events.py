@@ -27,14 +27,19 @@ class EventWriter:
     def emit(self, stage: str, progress: float = 0.0, message: str = "", **extra) -> dict:
         event = {"time": round(time.time(), 3), "stage": stage,
                  "progress": float(min(1.0, max(0.0, progress))), "message": message, **extra}
-        line = json.dumps(event) + "\n"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # O_APPEND with one write() per line: a reader never sees half a line from us.
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        line = (json.dumps(event) + "\n").encode()
         try:
-            os.write(fd, line.encode())
-        finally:
-            os.close(fd)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # O_APPEND with one write() per line: a reader never sees half a line from us.
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                start = os.lseek(fd, 0, os.SEEK_END)
+                if os.write(fd, line) != len(line):  # a full disk can take part of a line: none then
+                    os.ftruncate(fd, start)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # progress is not worth failing the run for (a full disk): the CLI still says why
         if self.echo is not None:
             self.echo(event)
         return event

@@ -23,6 +23,11 @@ BACKENDS = ("gsplat", "cpu", "torch")
 _DEVICE_OF = {"gsplat": "cuda", "cpu": "cpu"}  # the torch backend runs on any device
 
 
+def device_of_backend(backend: str, device: str) -> str:
+    """The device type a backend renders on (the torch backend renders on any)."""
+    return _DEVICE_OF.get(backend, device)
+
+
 def available_backends() -> list[str]:
     """Backends usable in this environment, in the order "auto" prefers them."""
     return list(_available())
@@ -82,7 +87,7 @@ def rasterize(
         assert backgrounds.shape == (colors.shape[-1],), backgrounds.shape
 
     device = means.device.type
-    usable = [b for b in available_backends() if _DEVICE_OF.get(b, device) == device]
+    usable = [b for b in available_backends() if device_of_backend(b, device) == device]
     if backend == "auto":
         backend = usable[0]
     elif backend not in BACKENDS:

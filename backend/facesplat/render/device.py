@@ -1,4 +1,5 @@
-"""Choose the compute device and the renderer that goes with it."""
+"""The one device decision: which torch device a run uses. The rasterizer backend follows from
+the tensors' device (`backend_for`), so only the device travels through the pipeline."""
 
 from __future__ import annotations
 
@@ -6,16 +7,17 @@ import sys
 
 import torch
 
-from .errors import DeviceError
+from ..errors import DeviceError
 
 
-def resolve_device(name: str, say=lambda msg: print(msg, file=sys.stderr)) -> torch.device:
+def choose_device(name: str, say=lambda msg: print(msg, file=sys.stderr)) -> torch.device:
     """`auto` picks CUDA when present, else CPU (and says so); explicit names are checked."""
     if name == "auto":
         if torch.cuda.is_available():
-            say(f"device: cuda ({torch.cuda.get_device_name(0)}), gsplat renderer")
-            return torch.device("cuda")
-        say("device: cpu (no CUDA GPU found), compiled CPU renderer")
+            device = torch.device("cuda")
+            say(f"device: cuda ({torch.cuda.get_device_name(0)}), {backend_for(device)} renderer")
+            return device
+        say(f"device: cpu (no CUDA GPU found), {backend_for('cpu')} renderer")
         return torch.device("cpu")
     if name == "cuda":
         if not torch.cuda.is_available():
@@ -31,5 +33,9 @@ def resolve_device(name: str, say=lambda msg: print(msg, file=sys.stderr)) -> to
     raise DeviceError(f"unknown device {name!r}; use auto, cuda, cpu or mps")
 
 
-def renderer_for(device: torch.device) -> str:
-    return {"cuda": "gsplat", "mps": "torch"}.get(device.type, "cpu")
+def backend_for(device: torch.device | str) -> str:
+    """The rasterizer backend `rasterize(backend="auto")` uses for tensors on `device`."""
+    from . import available_backends, device_of_backend
+
+    kind = torch.device(device).type
+    return next(b for b in available_backends() if device_of_backend(b, kind) == kind)

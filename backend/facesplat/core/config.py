@@ -1,0 +1,196 @@
+"""Run configuration: one small dataclass per stage, with the seed's defaults. Pure Python.
+
+This is the one source of every knob: the CLI's flags, bounds and choices are generated from the
+fields' metadata (`option_schema`), and the Blender add-on (which vendors core/) builds its
+properties and command line from the same schema. Each stage's config is hashed into its
+`<stage>.done.json` marker, so changing any knob re-runs that stage and every stage after it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+
+def knob(default, help: str, *, flag: str | None = None, lo=None, hi=None, choices=None,
+         invert: bool = False, commands=("run",)):
+    """A config field. `flag` makes it a command-line option (of `commands`); `lo`/`hi` are
+    inclusive bounds checked by `validate`; `invert` turns a bool into a flag that sets False."""
+    return field(default=default, metadata={"help": help, "flag": flag, "min": lo, "max": hi,
+                                            "choices": choices, "invert": invert, "commands": commands})
+
+
+@dataclass
+class FramesConfig:
+    num_frames: int = knob(40, "frames to sample evenly over the video (at most this many photos)",
+                           flag="--num-frames", lo=3, hi=2000)
+    height: int = knob(540, "frame height in pixels the pipeline works at (width follows)",
+                       flag="--height", lo=180, hi=4320)
+    sharpness_window: float = knob(0.5, "fraction of each sampling window searched for the sharpest frame")
+
+
+@dataclass
+class MaskConfig:
+    expansion: float = knob(1.6, "head ellipse size relative to the detected face box (hair, ears, neck)")
+    blur_fraction: float = knob(0.15, "soft edge: blur sigma as a fraction of the ellipse's minor axis")
+    min_face_fraction: float = knob(0.12, "smallest face to detect, as a fraction of the frame height")
+    min_frames_with_face: float = knob(
+        0.15, "stop when the face is found in fewer than this fraction of the frames: masks placed by "
+              "interpolating across most of a capture miss the head")
+    refine: bool = knob(
+        True, "keep the plain head ellipses instead of cutting them to the head's silhouette by colour "
+              "(try it when head.ply misses hair or ears that match the background's colour)",
+        flag="--ellipse-masks", invert=True)
+    refine_margin: float = knob(0.02, "grow the silhouette by this fraction of the ellipse's minor axis")
+
+
+@dataclass
+class SfmConfig:
+    exhaustive_max_frames: int = knob(60, "exhaustive matching up to this many frames, sequential above")
+    sequential_overlap: int = knob(10, "neighbours matched per frame in sequential mode")
+    max_num_features: int = knob(8192, "SIFT features per frame")
+    peak_threshold: float = knob(
+        0.004, "SIFT contrast threshold (COLMAP: 0.0067); lower finds more features on small frames "
+               "(on the sample capture at 270 px: 34/40 -> 40/40 registered)")
+    min_pose_inliers: int = knob(15, "inlier matches needed to register a frame (COLMAP: 30)")
+    min_pose_inlier_ratio: float = knob(0.15, "inlier ratio needed to register a frame (COLMAP: 0.25)")
+    min_registered_fraction: float = knob(0.5, "fail the stage if fewer than this fraction of frames register")
+    random_seed: int = knob(0, "COLMAP's random seed (its threaded matching stays non-deterministic)")
+
+
+@dataclass
+class TrainConfig:
+    num_iters: int = knob(3000, "optimisation steps; the densification schedule scales with it",
+                          flag="--num-iters", lo=1, hi=100_000)
+    seed: int = knob(0, "random seed of the training (views' order, backgrounds)", flag="--seed", lo=0, hi=2**31 - 1)
+    sh_degree: int = knob(1, "spherical-harmonics degree of the colours")
+    sh_start_fraction: float = knob(0.25, "degree 1 colours start after this fraction of the steps")
+    ssim_weight: float = knob(0.2, "loss = (1 - w) masked L1 + w masked (1 - SSIM)")
+    bg_alpha_weight: float = knob(0.1, "weight of the penalty on rendered alpha outside the head mask")
+    crop_margin: float = knob(0.1, "rendered region: the head mask's box grown by this fraction per side")
+    coarse_fraction: float = knob(0.5, "the first this fraction of the steps render at half resolution")
+    init_opacity: float = knob(0.1, "opacity of the Gaussians made from the sparse points")
+    max_gaussians: int = knob(100_000, "stop growing past this many Gaussians (memory and CPU time guard)")
+    grow_grad2d: float = knob(
+        0.0008, "densify Gaussians whose mean screen-space gradient exceeds this (gsplat's 0.0002 assumes a "
+                "whole-frame loss; ours is averaged over head pixels, ~4x larger gradients)")
+    lr_means: float = knob(1.6e-4, "Adam step of the means, times the scene scale (gsplat simple_trainer)")
+    lr_means_final_fraction: float = knob(0.01, "the means' step falls to this fraction over the run")
+    lr_scales: float = knob(5e-3, "Adam step of the log scales")
+    lr_quats: float = knob(1e-3, "Adam step of the rotations")
+    lr_opacities: float = knob(5e-2, "Adam step of the logit opacities")
+    lr_sh0: float = knob(2.5e-3, "Adam step of the base colours")
+    lr_shN: float = knob(2.5e-3 / 20, "Adam step of the higher SH coefficients")
+
+
+@dataclass
+class IsolateConfig:
+    threshold: float = knob(
+        0.3, "keep Gaussians inside the head mask in more than this fraction of the views that see them",
+        flag="--threshold", lo=0.0, hi=0.99, commands=("run", "isolate"))
+    min_opacity: float = knob(0.05, "...and more opaque than this", flag="--min-opacity", lo=0.0, hi=0.99,
+                              commands=("run", "isolate"))
+    hull_fraction: float = knob(
+        0.7, "...and whose centre projects onto the head mask in more than this fraction of all views "
+             "(the masks' visual hull; below 1 to forgive a few misplaced masks)")
+    visible_weight: float = knob(0.1, "a Gaussian is visible in a view when its blending weight sums to "
+                                      "more than this many pixels")
+
+
+DEVICES = ("auto", "cuda", "cpu", "mps")
+
+
+@dataclass
+class Config:
+    frames: FramesConfig = field(default_factory=FramesConfig)
+    masks: MaskConfig = field(default_factory=MaskConfig)
+    sfm: SfmConfig = field(default_factory=SfmConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    isolate: IsolateConfig = field(default_factory=IsolateConfig)
+    device: str = knob("auto", "compute device: auto picks CUDA when present, else the CPU",
+                       flag="--device", choices=DEVICES, commands=("run", "isolate"))
+
+
+SECTIONS = ("frames", "masks", "sfm", "train", "isolate")
+
+# Named starting points; flags given on the command line override them.
+PRESETS = {
+    "preview": {"frames.height": 270, "train.num_iters": 800},  # a CPU look in ~2 minutes
+    "standard": {},  # the seed's defaults
+    "archive": {"frames.num_frames": 80, "frames.height": 720, "train.num_iters": 7000,
+                "train.max_gaussians": 300_000},  # for a GPU
+}
+DEFAULT_PRESET = "standard"
+
+
+def _fields():
+    """(section or None, dataclass field) for every knob, in a stable order."""
+    for section in SECTIONS:
+        for f in dataclasses.fields(Config.__dataclass_fields__[section].default_factory):
+            yield section, f
+    yield None, Config.__dataclass_fields__["device"]
+
+
+def option_schema(command: str | None = None) -> list[dict]:
+    """The command-line options as plain data: flag, key ('section.name'), type, default, bounds,
+    choices, help. The CLI's parser and the add-on's properties are both built from this."""
+    options = []
+    for section, f in _fields():
+        meta = f.metadata
+        if not meta.get("flag") or (command is not None and command not in meta["commands"]):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        options.append({"flag": meta["flag"], "key": f"{section}.{f.name}" if section else f.name,
+                        "type": type(default).__name__, "default": default, "min": meta["min"],
+                        "max": meta["max"], "choices": list(meta["choices"]) if meta["choices"] else None,
+                        "invert": meta["invert"], "help": meta["help"], "commands": list(meta["commands"])})
+    return options
+
+
+def get_value(cfg: Config, key: str):
+    section, _, name = key.rpartition(".")
+    return getattr(getattr(cfg, section) if section else cfg, name)
+
+
+def set_value(cfg: Config, key: str, value) -> None:
+    section, _, name = key.rpartition(".")
+    setattr(getattr(cfg, section) if section else cfg, name, value)
+
+
+def make_config(preset: str = DEFAULT_PRESET, **overrides) -> Config:
+    """A Config from a preset, then `overrides` given as {'section.name': value}."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+    cfg = Config()
+    for key, value in {**PRESETS[preset], **overrides}.items():
+        set_value(cfg, key, value)
+    return cfg
+
+
+class ConfigError(ValueError):
+    """A knob outside its bounds or choices. The message is one line with the flag's name."""
+
+
+def validate(cfg: Config) -> Config:
+    """Check every flagged knob against its bounds and choices (one bound, one message)."""
+    for option in option_schema():
+        value = get_value(cfg, option["key"])
+        flag, lo, hi = option["flag"], option["min"], option["max"]
+        if option["choices"] and value not in option["choices"]:
+            raise ConfigError(f"{flag} {value!r} is not one of {', '.join(option['choices'])}")
+        if lo is not None and hi is not None and not (lo <= value <= hi):
+            raise ConfigError(f"{flag} {value:g} is outside {lo:g}..{hi:g}; the default is {option['default']:g}")
+        if isinstance(value, float) and value != value:
+            raise ConfigError(f"{flag} is not a number")
+    return cfg
+
+
+def config_hash(*parts) -> str:
+    """Stable short hash of dataclasses / plain values, for stage markers."""
+    def plain(x):
+        return dataclasses.asdict(x) if dataclasses.is_dataclass(x) else x
+
+    blob = json.dumps([plain(p) for p in parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

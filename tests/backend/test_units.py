@@ -1,0 +1,179 @@
+"""Unit tests of what was only tested end to end: the config schema and markers' hash, the stage
+runner's markers, the device choice, the loss and SSIM, and the isolation vote."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from facesplat import pipeline
+from facesplat.cli import build_parser
+from facesplat.config import Config, IsolateConfig, TrainConfig, config_hash, make_config, option_schema
+from facesplat.core.cameras import CameraFrame
+from facesplat.core.ply import Splats
+from facesplat.errors import DeviceError
+from facesplat.isolate import select_head, visibility_stats
+from facesplat.render.device import backend_for, choose_device
+from facesplat.stage import StageContext
+from facesplat.train import head_loss, ssim
+from facesplat.views import View
+from facesplat.workspace import Workspace
+
+
+# --- configuration --------------------------------------------------------------------------
+
+def test_every_knob_changes_its_stage_hash():
+    base = Config()
+    for section in ("frames", "masks", "sfm", "train", "isolate"):
+        part = getattr(base, section)
+        for f in dataclasses.fields(part):
+            value = getattr(part, f.name)
+            changed = (not value) if isinstance(value, bool) else value * 2 + 1
+            other = dataclasses.replace(part, **{f.name: type(value)(changed)})
+            assert config_hash(other) != config_hash(part), f"{section}.{f.name}"
+
+
+def test_parser_is_built_from_the_schema_with_its_defaults():
+    parser = build_parser()
+    run = parser.parse_args(["run", "--video", "v.mp4", "--output", "h.ply"])
+    for option in option_schema("run"):
+        assert getattr(run, option["key"]) is None  # not given: the preset decides
+    cfg = make_config()
+    for option in option_schema():
+        assert pipeline_value(cfg, option["key"]) == option["default"]
+    flags = {a for action in parser._subparsers._group_actions[0].choices["run"]._actions for a in action.option_strings}
+    assert {o["flag"] for o in option_schema("run")} <= flags
+
+
+def pipeline_value(cfg, key):
+    section, _, name = key.rpartition(".")
+    return getattr(getattr(cfg, section) if section else cfg, name)
+
+
+def test_presets_and_flags():
+    from facesplat.cli import config_from_args
+
+    args = build_parser().parse_args(["run", "--video", "v", "--output", "h.ply", "--preset", "preview", "--height", "360"])
+    cfg = config_from_args(args, "run")
+    assert cfg.frames.height == 360 and cfg.train.num_iters == 800 and cfg.frames.num_frames == 40
+    assert TrainConfig().max_gaussians == make_config().train.max_gaussians  # one default
+
+
+# --- the stage runner's markers ----------------------------------------------------------------
+
+def test_a_changed_knob_reruns_its_stage_and_the_later_ones(tmp_path, monkeypatch):
+    calls = []
+    stages = [pipeline.Stage(name, (lambda part: lambda r: getattr(r.cfg, part))(part),
+                             (lambda name: lambda r: calls.append(name) or {})(name), lambda r: "")
+              for name, part in (("frames", "frames"), ("masks", "masks"), ("sfm", "sfm"), ("train", "train"),
+                                 ("isolate", "isolate"))]
+    ws = Workspace(tmp_path / "ws").prepare()
+    cfg = Config()
+    run = pipeline.Run(ws, cfg, StageContext())
+    pipeline.run_stages(run, stages)
+    assert calls == ["frames", "masks", "sfm", "train", "isolate"]
+    calls.clear()
+    pipeline.run_stages(run, stages)
+    assert calls == []
+    cfg.train.num_iters = 10
+    pipeline.run_stages(run, stages)
+    assert calls == ["train", "isolate"]
+    assert set(ws.read_report()["stage_seconds"]) == {"frames", "masks", "sfm", "train", "isolate"}
+
+
+# --- device ----------------------------------------------------------------------------------
+
+def test_device_choice():
+    assert choose_device("cpu").type == "cpu"
+    assert choose_device("auto", say=lambda m: None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert backend_for("cpu") == "cpu"  # numba is installed: the compiled kernels
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="--device cpu"):
+            choose_device("cuda")
+
+
+# --- loss -------------------------------------------------------------------------------------
+
+def reference_ssim(a, b, size=11, sigma=1.5):
+    """SSIM with conv2d and replicate padding: the textbook formulation."""
+    x = torch.arange(size, dtype=torch.float32) - size // 2
+    g = torch.exp(-x * x / (2 * sigma * sigma))
+    g = (g / g.sum())
+    window = (g[:, None] * g[None, :])[None, None].repeat(3, 1, 1, 1)
+
+    def blur(t):
+        return F.conv2d(F.pad(t, (size // 2,) * 4, mode="replicate"), window, groups=3)
+
+    x, y = a.permute(2, 0, 1)[None], b.permute(2, 0, 1)[None]
+    mx, my = blur(x), blur(y)
+    sxx, syy, sxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (sxx + syy + c2))
+    return s[0].mean(0)[..., None]
+
+
+def test_ssim_matches_the_textbook_formula():
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(40, 56, 3, generator=g)
+    b = (a + 0.1 * torch.randn(40, 56, 3, generator=g)).clamp(0, 1)
+    assert torch.allclose(ssim(a, b), reference_ssim(a, b), atol=1e-5)
+    assert torch.allclose(ssim(a, a), torch.ones(40, 56, 1), atol=1e-5)
+
+
+def test_head_loss_terms():
+    cfg = TrainConfig()
+    image = torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(1))
+    mask = torch.zeros(32, 32, 1)
+    mask[8:24, 8:24] = 1
+    alpha = mask.clone()
+    assert head_loss(image, alpha, image, mask, cfg) < 1e-6  # perfect on the head, no alpha outside
+    off_head = image.clone()
+    off_head[:2] = 1 - off_head[:2]  # wrong only beyond the SSIM window around the head: ignored
+    assert head_loss(off_head, alpha, image, mask, cfg) < 1e-6
+    assert head_loss(image, torch.ones_like(alpha), image, mask, cfg) == pytest.approx(
+        cfg.bg_alpha_weight * float((1 - mask).mean()), rel=1e-5)
+
+
+# --- isolation vote ------------------------------------------------------------------------------
+
+def camera(position, width=64, height=64, f=60.0):
+    """A camera at `position` looking at the origin, world +Z up."""
+    forward = -np.asarray(position, float) / np.linalg.norm(position)
+    right = np.cross(forward, [0, 0, 1.0])
+    right /= np.linalg.norm(right)
+    down = np.cross(forward, right)
+    R = np.stack([right, down, forward])
+    w2c = np.eye(4)
+    w2c[:3, :3], w2c[:3, 3] = R, -R @ np.asarray(position, float)
+    return CameraFrame(frame_index=0, image="", mask=None, width=width, height=height, fx=f, fy=f,
+                       cx=width / 2, cy=height / 2, distortion={"model": "PINHOLE", "params": []},
+                       world_to_camera=w2c)
+
+
+def view_with_centre_mask(cam, radius=12):
+    yy, xx = np.mgrid[:cam.height, :cam.width]
+    mask = ((xx + 0.5 - cam.cx) ** 2 + (yy + 0.5 - cam.cy) ** 2 < radius ** 2).astype(np.float32)
+    return View(camera=cam, image=torch.zeros(cam.height, cam.width, 3), mask=torch.from_numpy(mask[..., None]),
+                viewmat=torch.from_numpy(cam.world_to_camera.astype(np.float32)),
+                K=torch.from_numpy(cam.K.astype(np.float32)), box=(0, 0, cam.width, cam.height))
+
+
+def test_isolation_keeps_the_head_and_drops_the_room():
+    # A Gaussian at the origin (the head) and one far to the side (a wall), seen from a ring.
+    means = np.array([[0, 0, 0], [0.0, 0.0, 0.4]], np.float32)  # the second sits above the head
+    n = len(means)
+    splats = Splats(means=means, sh0=np.zeros((n, 3), np.float32), shN=np.zeros((n, 3, 3), np.float32),
+                    opacities=np.full(n, 2.0, np.float32), scales=np.full((n, 3), np.log(0.02), np.float32),
+                    quats=np.tile(np.array([1, 0, 0, 0], np.float32), (n, 1)))
+    views = [view_with_centre_mask(camera([np.cos(a), np.sin(a), 0.0])) for a in np.linspace(0, 2 * np.pi, 8, endpoint=False)]
+    cfg = IsolateConfig()
+    stats = visibility_stats(splats, views, cfg, StageContext(device=torch.device("cpu")))
+    assert list(stats["visible_views"]) == [8, 8]
+    assert list(stats["inside_views"]) == [8, 0] and list(stats["hull_views"]) == [8, 0]
+    assert list(select_head(splats, stats, cfg)) == [True, False]
+    faint = dataclasses.replace(splats, opacities=np.full(n, -4.0, np.float32))  # sigmoid(-4) < 0.05
+    assert not select_head(faint, stats, cfg).any()
