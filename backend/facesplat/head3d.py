@@ -38,6 +38,10 @@ class HeadVolumeConfig:
     """The cameras' axes must pass their convergence point this close: RMS sine of the angle
     between a camera's axis and its direction to the point (0.4: 24 degrees). Farther, they do
     not look at one subject."""
+    min_level_spread: float = 0.03
+    """The cameras' x axes must turn this much (second eigenvalue of their scatter: the mean
+    squared sine of their angle to their mean, 0.03 is about +-10 degrees) to fix up as the
+    direction orthogonal to them all."""
     face_inlier_tolerance: float = 0.5
     """A face view agrees with a triangulated head centre when the centre reprojects within
     this many of its head ellipse's vertical semi-axes of the ellipse's centre."""
@@ -56,9 +60,10 @@ class HeadVolumeConfig:
     extent_quantile: float = 0.02
     """The head's box spans these quantiles of its points along each axis (both ends), so stray
     points do not blow it up."""
-    margin: float = 1.15
+    margin: float = 1.3
     """The ellipsoid's semi-axes are the points' half-extents times this (an ellipsoid through the
-    box's face centres misses its corners; GrabCut trims what is background)."""
+    box's face centres misses its corners, smooth skin and stone carry few points; GrabCut
+    trims what is background: on the rendered orbit 1.3 kept precision 0.95, 1.5 fell to 0.86)."""
 
 
 @dataclass(frozen=True)
@@ -98,11 +103,20 @@ def optical_axes(cameras: Sequence[CameraFrame]) -> tuple[np.ndarray, np.ndarray
     return c2w[:, :3, 3], c2w[:, :3, 2]
 
 
-def camera_up(cameras: Sequence[CameraFrame]) -> np.ndarray:
-    """[3] unit up direction: the mean of the cameras' up vectors (-y of an OpenCV camera);
-    people hold phones upright, whatever the orbit."""
-    up = -np.mean([c.camera_to_world[:3, 1] for c in cameras], axis=0)
-    return up / np.linalg.norm(up)
+def camera_up(cameras: Sequence[CameraFrame], cfg: HeadVolumeConfig = HeadVolumeConfig()) -> np.ndarray:
+    """[3] unit up direction. People hold phones upright (no roll) but tilt them: the cameras'
+    x axes are level, so up is the direction most orthogonal to all of them. Where the x axes
+    barely turn (a short arc) that leaves up undetermined, and the mean of the cameras' up
+    vectors (-y) serves instead (it leans towards the cameras when they look down)."""
+    c2w = np.array([c.camera_to_world for c in cameras])
+    mean_up = -c2w[:, :3, 1].mean(axis=0)
+    mean_up /= np.linalg.norm(mean_up)
+    rights = c2w[:, :3, 0]
+    values, vectors = np.linalg.eigh(rights.T @ rights / len(rights))
+    if values[1] < cfg.min_level_spread:
+        return mean_up
+    up = vectors[:, 0]
+    return up if up @ mean_up > 0 else -up
 
 
 def convergence_point(centers: np.ndarray, directions: np.ndarray,
@@ -247,7 +261,7 @@ def estimate_head_volume(cameras: Sequence[CameraFrame], points: np.ndarray,
         raise StageError(f"only {len(cameras)} registered frame(s): too few to place the head in 3D; "
                          "try a capture with more frames around the head")
     centers, directions = optical_axes(cameras)
-    up = camera_up(cameras)
+    up = camera_up(cameras, cfg)
     faces = triangulate_faces(cameras, face_ellipses, cfg) if face_ellipses is not None else None
     if faces is not None:
         center, center_source = faces.center, "faces"
