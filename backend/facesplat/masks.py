@@ -6,11 +6,17 @@ without a trustworthy face take the ellipse interpolated from their neighbours i
 ellipse is then cut down to the head's silhouette inside it by colour (GrabCut seeded with the
 ellipse: its core is head, its outside background); a frame where that fails keeps the ellipse.
 
+Alternatively (`masks_from_head_volume`), each registered view's ellipse is the outline of the
+head's 3D volume (head3d.py), projected; the same cut follows.
+
 Writes `masks/<NNNNNN>.png` (uint8, 255 = head; same names as frames/) and `masks.json`:
-    [{"frame_index", "mask": "masks/000012.png", "source": "frontal" | "profile" | "interpolated",
-      "center": [x, y], "axes": [a, b], "shape": "silhouette" | "ellipse"}]
-`center` is in pixels, `axes` are the ellipse's horizontal and vertical semi-axes in pixels;
-`shape` says whether the mask was cut to the silhouette or is the plain soft ellipse.
+    [{"frame_index", "mask": "masks/000012.png",
+      "source": "frontal" | "profile" | "interpolated" | "projected",
+      "center": [x, y], "axes": [a, b], "angle": degrees, "shape": "silhouette" | "ellipse" | "empty"}]
+`center` is in pixels, `axes` are the ellipse's semi-axes in pixels, horizontal and vertical
+before the rotation by `angle` (0 for face ellipses); `shape` says whether the mask was cut to
+the silhouette or is the plain soft ellipse ("empty": the head volume is not in front of that
+camera; center, axes and angle are null).
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ import cv2
 import numpy as np
 
 from .config import MaskConfig
+from .core.cameras import CameraFrame
 from .core.events import EventWriter
 from .errors import StageError
+from .head3d import HeadVolume, project_ellipsoid
 from .workspace import Workspace, atomic_write_bytes, atomic_write_json
 
 # The smallest face searched for is scaled to this many pixels before detection: the cascades'
@@ -62,9 +70,10 @@ class Face:
 
 @dataclass
 class HeadEllipse:
-    source: str  # "frontal" | "profile" | "interpolated"
+    source: str  # "frontal" | "profile" | "interpolated" | "projected"
     center: tuple[float, float]  # x, y pixels
-    axes: tuple[float, float]  # horizontal, vertical semi-axes in pixels
+    axes: tuple[float, float]  # horizontal, vertical semi-axes in pixels (before the rotation)
+    angle: float = 0.0  # degrees, from the image's +x towards +y (cv2.ellipse's convention)
 
 
 def compute_masks(frames: list[dict], ws: Workspace, cfg: MaskConfig,
@@ -91,8 +100,32 @@ def compute_masks(frames: list[dict], ws: Workspace, cfg: MaskConfig,
                          "in the others; try a capture that keeps the face in view for more of the orbit (a slower "
                          "arc in front of the face, better light)")
     track = fill_gaps([f["frame_index"] for f in frames], smooth(kept))
+    records = write_masks(frames, shapes, track, ws, cfg, events, progress_from=detect_share)
+    _emit(events, 1.0, f"face found in {detected} of {len(frames)} frames, the rest interpolated")
+    return records
 
-    def make_mask(frame: dict, shape: tuple[int, int], ellipse: HeadEllipse) -> tuple[np.ndarray, str]:
+
+def masks_from_head_volume(cameras: list[CameraFrame], volume: HeadVolume, ws: Workspace, cfg: MaskConfig,
+                           events: EventWriter | None = None) -> list[dict]:
+    """One head mask per registered camera: the head volume's outline in its view
+    (`source` "projected"), cut to the silhouette like a face's ellipse. A view the volume is not
+    wholly in front of gets an empty mask (`shape` "empty")."""
+    outlines = [project_ellipsoid(volume, camera) for camera in cameras]
+    ellipses = [None if o is None else HeadEllipse("projected", *o) for o in outlines]
+    frames = [{"frame_index": c.frame_index, "image": c.image} for c in cameras]
+    return write_masks(frames, [(c.height, c.width) for c in cameras], ellipses, ws, cfg, events, progress_from=0.0)
+
+
+def write_masks(frames: list[dict], shapes: list[tuple[int, int]], ellipses: list[HeadEllipse | None],
+                ws: Workspace, cfg: MaskConfig, events: EventWriter | None = None,
+                progress_from: float = 0.0) -> list[dict]:
+    """Per frame (a record with `frame_index` and `image`): the soft ellipse, cut to the head's
+    silhouette when `cfg.refine`, written as masks/<name>.png; then masks.json. Returns its records.
+    A None ellipse gives an empty mask."""
+
+    def make_mask(frame: dict, shape: tuple[int, int], ellipse: HeadEllipse | None) -> tuple[np.ndarray, str]:
+        if ellipse is None:
+            return np.zeros(shape[:2], np.uint8), "empty"
         mask = soft_ellipse_mask(shape, ellipse, cfg.blur_fraction)
         if cfg.refine:
             silhouette = head_silhouette(cv2.imread(str(ws.root / frame["image"])), ellipse, cfg.refine_margin)
@@ -103,19 +136,22 @@ def compute_masks(frames: list[dict], ws: Workspace, cfg: MaskConfig,
     records = []
     # GrabCut releases the GIL: one frame per core.
     with ThreadPoolExecutor(max_workers=max(1, min(4, cv2.getNumberOfCPUs()))) as pool:
-        made = pool.map(make_mask, frames, shapes, track)
-        for k, (frame, ellipse, (mask, mask_shape)) in enumerate(zip(frames, track, made)):
+        made = pool.map(make_mask, frames, shapes, ellipses)
+        for k, (frame, ellipse, (mask, mask_shape)) in enumerate(zip(frames, ellipses, made)):
             name = ws.frame_name(frame["frame_index"])
             _write_png(ws.masks_dir / name, mask)
-            records.append({"frame_index": frame["frame_index"], "mask": f"{ws.masks_dir.name}/{name}",
-                            "source": ellipse.source, "center": [round(v, 2) for v in ellipse.center],
-                            "axes": [round(v, 2) for v in ellipse.axes], "shape": mask_shape})
+            record = {"frame_index": frame["frame_index"], "mask": f"{ws.masks_dir.name}/{name}"}
+            if ellipse is not None:
+                record.update(source=ellipse.source, center=[round(v, 2) for v in ellipse.center],
+                              axes=[round(v, 2) for v in ellipse.axes], angle=round(ellipse.angle, 2))
+            else:
+                record.update(source="projected", center=None, axes=None, angle=None)
+            records.append({**record, "shape": mask_shape})
             if cfg.refine:
-                _emit(events, detect_share + (1 - detect_share) * (k + 1) / len(frames),
+                _emit(events, progress_from + (1 - progress_from) * (k + 1) / len(frames),
                       f"cut mask {k + 1} of {len(frames)} to the head")
     _remove_stale_masks(ws, {Path(r["mask"]).name for r in records})
     atomic_write_json(ws.masks_json, records)
-    _emit(events, 1.0, f"face found in {detected} of {len(frames)} frames, the rest interpolated")
     return records
 
 
@@ -223,7 +259,7 @@ def soft_ellipse_mask(shape: tuple[int, int], ellipse: HeadEllipse, blur_fractio
     mask = np.zeros((height, width), np.uint8)
     center = tuple(int(round(v)) for v in ellipse.center)
     axes = tuple(max(1, int(round(v))) for v in ellipse.axes)
-    cv2.ellipse(mask, center, axes, 0, 0, 360, 255, thickness=-1, lineType=cv2.LINE_AA)
+    cv2.ellipse(mask, center, axes, ellipse.angle, 0, 360, 255, thickness=-1, lineType=cv2.LINE_AA)
     sigma = blur_fraction * min(ellipse.axes)
     if sigma > 0.5:
         mask = cv2.GaussianBlur(mask, (0, 0), sigma, borderType=cv2.BORDER_CONSTANT)
@@ -239,7 +275,8 @@ GRABCUT_ITERATIONS = 3
 # surely background. A frontal core of (0.6, 0.5) still lies inside Haar's face box, so shadowed
 # cheeks against a dark background stay head (on a rendered full orbit, one frontal cut lost 10 %
 # of the head with a 0.35 core); a profile's or an interpolated ellipse's centre is less sure.
-SILHOUETTE_CORE = {"frontal": (0.6, 0.5), "profile": (0.35, 0.35), "interpolated": (0.35, 0.35)}
+SILHOUETTE_CORE = {"frontal": (0.6, 0.5), "profile": (0.35, 0.35), "interpolated": (0.35, 0.35),
+                   "projected": (0.35, 0.35)}
 SILHOUETTE_RING = 1.25
 # A cut keeping less than this fraction of its ellipse has followed a colour edge inside the
 # head (skin against dark hair, say) rather than around it: keep the ellipse instead.
@@ -250,9 +287,12 @@ def head_silhouette(image: np.ndarray, ellipse: HeadEllipse, margin: float) -> n
     """uint8 [H, W] mask of the head's silhouette inside the ellipse (255 = head, soft edge of a
     few pixels), from a BGR frame; None when the cut looks wrong."""
     height, width = image.shape[:2]
-    (cx, cy), (a, b) = ellipse.center, ellipse.axes
-    x0, y0 = max(0, int(cx - 1.6 * a)), max(0, int(cy - 1.4 * b))
-    x1, y1 = min(width, int(cx + 1.6 * a) + 1), min(height, int(cy + 1.4 * b) + 1)
+    (cx, cy), (a, b), angle = ellipse.center, ellipse.axes, ellipse.angle
+    # The neighbourhood: the bounding box of the ellipse grown by (1.6, 1.4), turned by `angle`.
+    c, s = abs(np.cos(np.radians(angle))), abs(np.sin(np.radians(angle)))
+    half_x, half_y = np.hypot(1.6 * a * c, 1.4 * b * s), np.hypot(1.6 * a * s, 1.4 * b * c)
+    x0, y0 = max(0, int(cx - half_x)), max(0, int(cy - half_y))
+    x1, y1 = min(width, int(cx + half_x) + 1), min(height, int(cy + half_y) + 1)
     if x1 - x0 < 8 or y1 - y0 < 8:
         return None
     scale = min(1.0, SILHOUETTE_WORK_PX / (y1 - y0))
@@ -267,7 +307,7 @@ def head_silhouette(image: np.ndarray, ellipse: HeadEllipse, margin: float) -> n
     seeds = np.full(roi.shape[:2], cv2.GC_BGD, np.uint8)
     ring, core = (SILHOUETTE_RING,) * 2, SILHOUETTE_CORE[ellipse.source]
     for factors, label in ((ring, cv2.GC_PR_BGD), ((1.0, 1.0), cv2.GC_PR_FGD), (core, cv2.GC_FGD)):
-        cv2.ellipse(seeds, center, axes(*factors), 0, 0, 360, int(label), thickness=-1)
+        cv2.ellipse(seeds, center, axes(*factors), angle, 0, 360, int(label), thickness=-1)
     cv2.grabCut(roi, seeds, None, np.zeros((1, 65)), np.zeros((1, 65)), GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_MASK)
     head = ((seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)).astype(np.uint8)
     # The part connected to the face, holes filled (eyes, shadows).
@@ -276,7 +316,7 @@ def head_silhouette(image: np.ndarray, ellipse: HeadEllipse, margin: float) -> n
     contours, _ = cv2.findContours(head, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     head = cv2.drawContours(np.zeros_like(head), contours, -1, 255, thickness=-1)
     inside = np.zeros_like(head)
-    cv2.ellipse(inside, center, axes(1.0, 1.0), 0, 0, 360, 255, thickness=-1)
+    cv2.ellipse(inside, center, axes(1.0, 1.0), angle, 0, 360, 255, thickness=-1)
     if (head & inside).sum() < MIN_SILHOUETTE_FRACTION * inside.sum():
         return None
 

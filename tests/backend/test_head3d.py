@@ -1,0 +1,157 @@
+"""The head in 3D from cameras, faces and sparse points (head3d.py), and its masks."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from facesplat.config import MaskConfig
+from facesplat.core.cameras import CameraFrame, project_points
+from facesplat.errors import StageError
+from facesplat.head3d import (HeadVolume, convergence_point, estimate_head_volume, optical_axes,
+                              project_ellipsoid, triangulate_faces)
+from facesplat.masks import HeadEllipse, masks_from_head_volume
+from facesplat.workspace import Workspace
+
+HEAD = np.array([0.1, -0.2, 0.3])  # the synthetic head's centre, away from the origin on purpose
+HEAD_AXES = np.array([0.08, 0.1, 0.12])  # x, y, z semi-axes (metres)
+WIDTH, HEIGHT, FOCAL = 480, 270, 300.0
+
+
+def look_at(eye, target, k1=0.0) -> CameraFrame:
+    """An upright OpenCV camera at `eye` looking at `target` (+Z up)."""
+    forward = (target - eye) / np.linalg.norm(target - eye)
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    down = np.cross(forward, right)
+    w2c = np.eye(4)
+    w2c[:3, :3] = np.stack([right, down, forward])
+    w2c[:3, 3] = -w2c[:3, :3] @ eye
+    return CameraFrame(frame_index=0, image="frames/000000.png", width=WIDTH, height=HEIGHT, fx=FOCAL, fy=FOCAL,
+                       cx=WIDTH / 2, cy=HEIGHT / 2, world_to_camera=w2c,
+                       distortion={"model": "SIMPLE_RADIAL", "params": [k1]})
+
+
+def orbit(n=24, arc_deg=160.0, radius=0.6, aim_jitter=0.03, seed=0, k1=0.0) -> list[CameraFrame]:
+    """Cameras on an arc around HEAD, slightly above it, each aimed a few cm off the centre."""
+    rng = np.random.default_rng(seed)
+    cameras = []
+    for k, azimuth in enumerate(np.radians(np.linspace(-arc_deg / 2, arc_deg / 2, n))):
+        eye = HEAD + radius * np.array([np.sin(azimuth), -np.cos(azimuth), 0.15])
+        cam = look_at(eye, HEAD + rng.normal(scale=aim_jitter, size=3), k1)
+        cam.frame_index, cam.image = k, f"frames/{k:06d}.png"
+        cameras.append(cam)
+    return cameras
+
+
+def head_points(n=600, seed=1) -> np.ndarray:
+    """Sparse points on the front half of the head (where the texture is) and a far background."""
+    rng = np.random.default_rng(seed)
+    u = rng.normal(size=(4 * n, 3))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    u = u[u[:, 1] < 0.3][:n]  # the cameras see the front (-y) and the sides
+    background = rng.normal(size=(n, 3))
+    background = HEAD + 2.0 * background / np.linalg.norm(background, axis=1, keepdims=True)
+    return np.concatenate([HEAD + u * HEAD_AXES, background])
+
+
+def inside(uv, outline) -> np.ndarray:
+    """Per pixel: its normalised radius in the ellipse (<= 1 inside)."""
+    (cx, cy), (a, b), angle = outline
+    c, s = np.cos(np.radians(angle)), np.sin(np.radians(angle))
+    d = uv - [cx, cy]
+    return np.hypot((d @ [c, s]) / a, (d @ [-s, c]) / b)
+
+
+def test_head_found_from_cameras_alone_on_an_orbit_without_a_face():
+    cameras = orbit()
+    volume = estimate_head_volume(cameras, head_points())
+    assert volume.center_source == "cameras" and volume.extent_source == "points"
+    assert np.linalg.norm(volume.center - HEAD) < 0.02  # aims jitter by 3 cm
+    up = volume.rotation[:, 2]
+    assert up @ [0, 0, 1] > 0.999
+    # The box reaches the farthest points on either side of the centre: at least the head.
+    assert volume.semi_axes[2] > HEAD_AXES[2] and volume.semi_axes[2] < 1.6 * HEAD_AXES[2]
+    assert min(volume.semi_axes[:2]) > HEAD_AXES[0] and max(volume.semi_axes[:2]) < 1.6 * HEAD_AXES[1]
+
+    without_points = estimate_head_volume(cameras, np.zeros((0, 3)))
+    assert without_points.extent_source == "default"
+    assert np.linalg.norm(without_points.center - HEAD) < 0.02
+    assert np.allclose(without_points.semi_axes, without_points.semi_axes[0])  # a sphere
+    assert 0.1 < without_points.semi_axes[0] < 0.3  # a head's size at 0.6 m
+
+
+@pytest.mark.parametrize("k1", [0.0, 0.08])
+def test_projected_ellipse_holds_the_ellipsoid_tightly(k1):
+    rotation, _ = np.linalg.qr(np.random.default_rng(3).normal(size=(3, 3)))
+    volume = HeadVolume(HEAD, rotation, HEAD_AXES, "cameras", "points")
+    surface = volume.surface_points(20000)
+    angles = []
+    for cam in orbit(n=6, radius=0.45, k1=k1):
+        outline = project_ellipsoid(volume, cam)
+        uv, depth = project_points(surface, cam)
+        assert (depth > 0).all()
+        radius = inside(uv, outline)
+        assert radius.max() <= 1.0 + 2e-3 and radius.max() > 0.995, (radius.max(), outline)
+        angles.append(outline[2])
+    assert np.ptp(angles) > 5, "a turned ellipsoid projects to turned ellipses"
+
+
+def test_projection_is_none_when_the_head_is_behind_or_around_the_camera():
+    volume = HeadVolume(HEAD, np.eye(3), HEAD_AXES, "cameras", "points")
+    assert project_ellipsoid(volume, look_at(HEAD + [0, -0.6, 0], HEAD + [0, -1.2, 0])) is None  # behind
+    assert project_ellipsoid(volume, look_at(HEAD + [0, -0.05, 0], HEAD + [0, 1.0, 0])) is None  # inside
+
+
+def test_cameras_that_do_not_converge_are_refused():
+    line = [look_at(np.array([x, -1.0, 0.0]), np.array([x, 0.0, 0.0])) for x in np.linspace(-2, 2, 12)]
+    with pytest.raises(StageError, match="nearly the same direction") as walk_by:
+        estimate_head_volume(line, np.zeros((0, 3)))
+    assert walk_by.value.exit_code == 3
+    outwards = [look_at(HEAD, HEAD + [np.cos(t), np.sin(t), 0.0]) for t in np.linspace(0, 2 * np.pi, 12, endpoint=False)]
+    centers, directions = optical_axes(outwards)
+    with pytest.raises(StageError, match="look away"):
+        convergence_point(centers + 0.5 * directions, directions)  # on a circle, looking outwards
+    rng = np.random.default_rng(0)
+    scattered = [look_at(rng.uniform(-2, 2, 3), rng.uniform(-2, 2, 3) + [0, 0, 3]) for _ in range(12)]
+    with pytest.raises(StageError, match="do not look at one common subject"):
+        convergence_point(*optical_axes(scattered))
+
+
+def test_faces_are_triangulated_despite_a_wrong_view():
+    cameras = orbit(n=8, aim_jitter=0.05, k1=0.05)
+    ellipses = []
+    for cam in cameras:
+        (uv,), (depth,) = project_points(HEAD[None], cam)
+        ellipses.append(HeadEllipse("frontal", tuple(uv), (0.09 * FOCAL / depth, 0.12 * FOCAL / depth)))
+    ellipses[2] = None  # no face there
+    ellipses[5] = HeadEllipse("frontal", (ellipses[5].center[0] + 150, ellipses[5].center[1]), ellipses[5].axes)
+    faces = triangulate_faces(cameras, ellipses)
+    assert faces.inliers.tolist() == [True, True, False, True, True, False, True, True]
+    assert np.linalg.norm(faces.center - HEAD) < 1e-3
+    assert faces.radii == pytest.approx((0.09, 0.12), rel=0.05)
+
+    volume = estimate_head_volume(cameras, np.zeros((0, 3)), ellipses)
+    assert volume.center_source == "faces" and volume.extent_source == "faces"
+    assert np.linalg.norm(volume.center - HEAD) < 1e-3
+    assert triangulate_faces(cameras, [ellipses[0]] + [None] * 7) is None  # one view fixes nothing
+
+
+def test_masks_from_the_head_volume(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    cameras = orbit(n=4)
+    cameras[3] = look_at(HEAD + [0, -0.6, 0], HEAD + [0, -1.2, 0])  # looks away from the head
+    cameras[3].frame_index, cameras[3].image = 3, "frames/000003.png"
+    volume = HeadVolume(HEAD, np.eye(3), HEAD_AXES, "cameras", "points")
+    records = masks_from_head_volume(cameras, volume, ws, MaskConfig(refine=False))
+    assert [r["source"] for r in records] == ["projected"] * 4
+    assert [r["shape"] for r in records] == ["ellipse"] * 3 + ["empty"]
+    for cam, record in zip(cameras[:3], records):
+        mask = cv2.imread(str(ws.root / record["mask"]), cv2.IMREAD_GRAYSCALE)
+        assert mask.shape == (HEIGHT, WIDTH)
+        inner, _ = project_points(HEAD + 0.7 * (volume.surface_points(500) - HEAD), cam)
+        assert (mask[inner[:, 1].astype(int), inner[:, 0].astype(int)] > 240).all()  # the edge is soft
+        assert (mask >= 128).sum() == pytest.approx(np.pi * np.prod(record["axes"]), rel=0.05)
+        assert mask[0, 0] == 0
+    assert not cv2.imread(str(ws.root / records[3]["mask"]), cv2.IMREAD_GRAYSCALE).any()
