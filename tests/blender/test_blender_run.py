@@ -68,22 +68,22 @@ def w_run_then_cancel():
 
     operators, context = addon("operators"), bpy.context
     before = scene_snapshot()
-    job = operators.launch(context, operators.run_job(context))
+    job = operators.start_job(context, addon("job_factories").run_job(context))
     pid = job.process.pid
     state, message, events_seen = "RUNNING", "", []
     deadline = time.monotonic() + 300
     while state == "RUNNING" and not events_seen and time.monotonic() < deadline:
         time.sleep(0.1)
-        state, message = job.tick(context)
+        state, message = operators.poll_job(context, job)
         events_seen = [job.process.last_event] if job.process.last_event else []
     if events_seen and state == "RUNNING":
         assert bpy.ops.facesplat.cancel() == {"FINISHED"}
         deadline = time.monotonic() + 60
         while state == "RUNNING" and time.monotonic() < deadline:
             time.sleep(0.1)
-            state, message = job.tick(context)
+            state, message = operators.poll_job(context, job)
     log = _log_tail(job)
-    operators.finish_job(context)
+    operators.end_job(context)
     return {"state": state, "message": message, "events": events_seen, "pid": pid, "log": log,
             "before": before, "after": scene_snapshot(), "running": context.window_manager.facesplat_job.running}
 
