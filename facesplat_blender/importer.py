@@ -99,7 +99,7 @@ def new_pointcloud(context, splats: ply.Splats, name: str) -> bpy.types.PointClo
         pointcloud = bpy.data.pointclouds.new(name)
         for key in [*ply.attribute_columns(splats), "radius"]:
             pointcloud.attributes.new(key, "FLOAT", "POINT")
-        pointcloud.attributes.new("color", "FLOAT_COLOR", "POINT")
+        pointcloud.attributes.active = pointcloud.attributes.new("color", "FLOAT_COLOR", "POINT")
         return pointcloud
     rgba, radius = display_values(splats)
     mesh = bpy.data.meshes.new(name)
@@ -131,6 +131,7 @@ def new_pointcloud(context, splats: ply.Splats, name: str) -> bpy.types.PointClo
     pointcloud.name = name
     # Mesh to Points writes its own radius; ours is the Gaussians' size.
     pointcloud.attributes["radius"].data.foreach_set("value", radius)
+    pointcloud.attributes.active = pointcloud.attributes["color"]  # the one to look at in the Attributes list
     return pointcloud
 
 
