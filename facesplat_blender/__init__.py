@@ -1,18 +1,27 @@
 """FaceSplat for Blender: run the FaceSplat backend from the sidebar, import the head Gaussians
 and the cameras that saw them, re-isolate, export a standard 3DGS PLY.
 
-Layout: properties (Scene/WindowManager/Object data), preferences, operators, panels (bpy glue);
-runner (Blender-free child-process control); importer / exporter (bpy glue over core/);
-core/ (numpy only, vendored from backend/facesplat/core by build.py).
+Layout:
+- bpy glue: properties (Scene/WindowManager/Object data), preferences, operators, panels,
+  job_factories (what each backend button runs), importer / exporter (over core/);
+- Blender-free: jobs (the backend job, the active job), runner (child processes),
+  isolations (a workspace's kept isolations);
+- core/ (numpy only, vendored from backend/facesplat/core by build.py).
 """
 
 import atexit
 
 import bpy
 
-from . import operators, panels, preferences, properties
+from . import jobs, operators, panels, preferences, properties
 
 classes = (*properties.classes, *preferences.classes, *operators.classes, *panels.classes)
+
+
+@bpy.app.handlers.persistent  # stays in load_pre across file loads
+def stop_backend(*_args) -> None:
+    """Stop the backend when Blender loads another file (and, via atexit, when it quits)."""
+    jobs.stop_active()
 
 
 def register():
@@ -21,14 +30,14 @@ def register():
     properties.register_pointers()
     bpy.types.TOPBAR_MT_file_import.append(operators.menu_import)
     bpy.types.TOPBAR_MT_file_export.append(operators.menu_export)
-    bpy.app.handlers.load_pre.append(operators.stop_active_job)
-    atexit.register(operators.stop_active_job)
+    bpy.app.handlers.load_pre.append(stop_backend)
+    atexit.register(jobs.stop_active)
 
 
 def unregister():
-    operators.stop_active_job()
-    atexit.unregister(operators.stop_active_job)
-    bpy.app.handlers.load_pre.remove(operators.stop_active_job)
+    jobs.stop_active()
+    atexit.unregister(jobs.stop_active)
+    bpy.app.handlers.load_pre.remove(stop_backend)
     bpy.types.TOPBAR_MT_file_export.remove(operators.menu_export)
     bpy.types.TOPBAR_MT_file_import.remove(operators.menu_import)
     properties.unregister_pointers()

@@ -24,15 +24,25 @@ MATERIAL_NAME = "FaceSplat Gaussians"
 
 
 class _Created:
-    """The datablocks an import makes, so a failure halfway removes them all again."""
+    """The datablocks an import makes, so a failure halfway removes them all again, and the
+    names they were meant to have."""
 
     def __init__(self):
         self.ids = []
+        self.names = []
         self.images_before = {image.name for image in bpy.data.images}
 
-    def add(self, datablock):
+    def add(self, datablock, name: str | None = None):
         self.ids.append(datablock)
+        self.names.append(name or datablock.name)
         return datablock
+
+    def claim_names(self) -> None:
+        """Give each datablock its intended name where only an orphan holds it: deleting an
+        imported object leaves its data behind (until the file is saved), and without this
+        every re-import would be called `head.001`, `head.002`, ..."""
+        for datablock, name in zip(self.ids, self.names):
+            claim_name(datablock, name)
 
     def remove_all(self):
         # Images are loaded with check_existing: remove only those this import loaded.
@@ -50,6 +60,20 @@ _ID_COLLECTIONS = {
     bpy.types.PointCloud: lambda: bpy.data.pointclouds, bpy.types.Collection: lambda: bpy.data.collections,
     bpy.types.Image: lambda: bpy.data.images, bpy.types.Material: lambda: bpy.data.materials,
 }
+
+
+def claim_name(datablock, name: str) -> None:
+    """Rename `datablock` to `name` if that name is free or held by an orphan (no users, no fake
+    user), which is then removed. A name in use stays with its user."""
+    if datablock.name == name:
+        return
+    collection = _ID_COLLECTIONS[type(datablock)]()
+    holder = collection.get(name)
+    if holder is not None:
+        if holder.users > 0 or holder.use_fake_user:
+            return
+        collection.remove(holder)
+    datablock.name = name
 
 
 def display_values(splats: ply.Splats) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +99,7 @@ def new_pointcloud(context, splats: ply.Splats, name: str) -> bpy.types.PointClo
         pointcloud = bpy.data.pointclouds.new(name)
         for key in [*ply.attribute_columns(splats), "radius"]:
             pointcloud.attributes.new(key, "FLOAT", "POINT")
-        pointcloud.attributes.new("color", "FLOAT_COLOR", "POINT")
+        pointcloud.attributes.active = pointcloud.attributes.new("color", "FLOAT_COLOR", "POINT")
         return pointcloud
     rgba, radius = display_values(splats)
     mesh = bpy.data.meshes.new(name)
@@ -107,6 +131,7 @@ def new_pointcloud(context, splats: ply.Splats, name: str) -> bpy.types.PointClo
     pointcloud.name = name
     # Mesh to Points writes its own radius; ours is the Gaussians' size.
     pointcloud.attributes["radius"].data.foreach_set("value", radius)
+    pointcloud.attributes.active = pointcloud.attributes["color"]  # the one to look at in the Attributes list
     return pointcloud
 
 
@@ -121,17 +146,30 @@ def _mesh_to_points_group() -> bpy.types.NodeTree:
     return group
 
 
-def splat_material() -> bpy.types.Material:
+def mean_colour(rgba: np.ndarray) -> tuple[float, float, float, float]:
+    """The opacity-weighted mean linear colour of the Gaussians (grey if there are none)."""
+    if len(rgba) == 0 or rgba[:, 3].sum() <= 0:
+        return (0.8, 0.8, 0.8, 1.0)
+    rgb = (rgba[:, :3] * rgba[:, 3:]).sum(axis=0) / rgba[:, 3].sum()
+    return (*(float(c) for c in rgb), 1.0)
+
+
+def splat_material(viewport_colour=(0.8, 0.8, 0.8, 1.0)) -> bpy.types.Material:
     """Unlit, shared by all imports: the 3DGS DC colour and opacity, activated in nodes from the
     raw attributes (f_dc_*, opacity), so EEVEE, Cycles and Material Preview agree.
 
     Not from the `color` attribute: Cycles reads the name "color" as its standard vertex-colour
     attribute, which point clouds do not fill (checked on 5.0.1), so a render would come out black.
+    Solid mode cannot show per-point colours of a point cloud (Workbench draws point clouds in
+    their material's or object's colour, even with Attribute colouring), so the material's viewport
+    colour, set when it is made, is the mean colour of that first import, and each head's object
+    colour is its own mean colour.
     """
     mat = bpy.data.materials.get(MATERIAL_NAME)
     if mat is not None:
         return mat
     mat = bpy.data.materials.new(MATERIAL_NAME)
+    mat.diffuse_color = viewport_colour
     if mat.node_tree is None:
         mat.use_nodes = True  # Blender < 5.0 starts without nodes
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
@@ -180,23 +218,36 @@ def splat_material() -> bpy.types.Material:
     return mat
 
 
-def _link_pointcloud_data(pointcloud: bpy.types.PointCloud) -> None:
+def _link_pointcloud_data(pointcloud: bpy.types.PointCloud, viewport_colour) -> None:
     if not pointcloud.materials:
-        pointcloud.materials.append(splat_material())
+        pointcloud.materials.append(splat_material(viewport_colour))
 
 
 def replace_splats(context, ob: bpy.types.Object, splats: ply.Splats, source: Path | None = None) -> None:
-    """Swap the Gaussians of `ob` in place: name, collections, parent, transform and materials stay."""
+    """Swap the Gaussians of `ob` in place: object and data names, collections, parent,
+    transform and materials stay."""
     old = ob.data
-    new = new_pointcloud(context, splats, old.name)
+    name = old.name
+    new = new_pointcloud(context, splats, name)
+    colour = mean_colour(display_values(splats)[0])
     for mat in old.materials:
         new.materials.append(mat)
-    _link_pointcloud_data(new)
+    _link_pointcloud_data(new, colour)
     ob.data = new
+    ob.color = colour
     if old.users == 0:
         bpy.data.pointclouds.remove(old)
+        new.name = name  # it was taken by the old data until now
     if source is not None:
         ob.facesplat.source = str(source)
+
+
+def replace_splats_from_file(context, ob: bpy.types.Object, path) -> int:
+    """Read a splat PLY and swap it into `ob` (see replace_splats); returns the count.
+    Raises ply.PlyFormatError (a ValueError) before anything changes if the file is bad."""
+    splats = ply.read_splat_ply(path)
+    replace_splats(context, ob, splats, source=Path(path))
+    return len(splats)
 
 
 def _camera_scale(frames: list[cams.CameraFrame]) -> float:
@@ -228,7 +279,7 @@ def new_camera(frame: cams.CameraFrame, name: str, image_root: Path | None, scal
     return ob
 
 
-def set_render_size(scene, frame: cams.CameraFrame) -> None:
+def match_render_size(scene, frame: cams.CameraFrame) -> None:
     """Render (and camera-view) aspect of the frames, so looking through a camera lines up."""
     k = cams.blender_camera_intrinsics(frame.fx, frame.fy, frame.cx, frame.cy, frame.width, frame.height)
     scene.render.resolution_x, scene.render.resolution_y = frame.width, frame.height
@@ -245,12 +296,13 @@ def _check_frames(frames: list[cams.CameraFrame], path) -> None:
 
 
 def import_splats(context, ply_path, cameras_json=None, name: str | None = None,
-                  workspace=None) -> bpy.types.Object:
+                  workspace=None, set_render_size: bool = False) -> bpy.types.Object:
     """Import a 3DGS PLY (and optionally the run's cameras). Returns the head object.
+    With `set_render_size` the scene's render size becomes the first frame's (see match_render_size).
 
     Everything is read and checked before the first datablock is made, and a failure while
     creating removes what was made, so an error leaves the scene as it was.
-    Raises ply.PlyFormatError or ValueError (cameras.json) with a one-line message.
+    Raises ValueError (core's PlyFormatError, cameras.json errors) with a one-line message.
     """
     ply_path = Path(ply_path)
     splats = ply.read_splat_ply(ply_path)
@@ -262,36 +314,43 @@ def import_splats(context, ply_path, cameras_json=None, name: str | None = None,
     try:
         parent_collection = context.collection or context.scene.collection
         had_material = MATERIAL_NAME in bpy.data.materials
-        head_data = created.add(new_pointcloud(context, splats, f"{name} head"))
-        _link_pointcloud_data(head_data)
+        colour = mean_colour(display_values(splats)[0])
+        head_data = created.add(new_pointcloud(context, splats, f"{name} head"), f"{name} head")
+        _link_pointcloud_data(head_data, colour)
         if not had_material:
             created.add(bpy.data.materials[MATERIAL_NAME])
-        head = created.add(bpy.data.objects.new(f"{name} head" if frames else name, head_data))
+        head_name = f"{name} head" if frames else name
+        head = created.add(bpy.data.objects.new(head_name, head_data), head_name)
+        head.color = colour  # Solid mode, Object colouring
         head.facesplat.role, head.facesplat.source = "HEAD", str(ply_path)
         head.facesplat.workspace = str(workspace or "")
         if not frames:
             parent_collection.objects.link(head)
+            created.claim_names()
             _select_only(context, head)
             return head
 
-        run = created.add(bpy.data.collections.new(f"FaceSplat {name}"))
+        run = created.add(bpy.data.collections.new(f"FaceSplat {name}"), f"FaceSplat {name}")
         parent_collection.children.link(run)
         scale = _camera_scale(frames)
-        root = created.add(bpy.data.objects.new(name, None))
+        root = created.add(bpy.data.objects.new(name, None), name)
         root.empty_display_type, root.empty_display_size = "PLAIN_AXES", 0.3 * scale
         root.facesplat.role, root.facesplat.workspace = "ROOT", str(workspace or image_root)
         run.objects.link(root)
         run.objects.link(head)
         head.parent = root
-        cam_collection = created.add(bpy.data.collections.new(f"{name} cameras"))
+        cam_collection = created.add(bpy.data.collections.new(f"{name} cameras"), f"{name} cameras")
         run.children.link(cam_collection)
         for frame in frames:
-            cam = created.add(new_camera(frame, f"{name} cam {frame.frame_index:04d}", image_root, scale))
-            created.add(cam.data)
+            cam_name = f"{name} cam {frame.frame_index:04d}"
+            cam = created.add(new_camera(frame, cam_name, image_root, scale), cam_name)
+            created.add(cam.data, cam_name)
             cam_collection.objects.link(cam)
             cam.parent = root
             cam.facesplat.workspace = root.facesplat.workspace
-        set_render_size(context.scene, frames[0])
+        if set_render_size:
+            match_render_size(context.scene, frames[0])
+        created.claim_names()
         _select_only(context, head)
         return head
     except BaseException:

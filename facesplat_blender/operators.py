@@ -1,11 +1,11 @@
-"""Operators: run the backend, cancel it, re-isolate, install the backend, import and export PLY.
+"""Operators: run the backend, cancel it, re-isolate, use a kept isolation, install the backend,
+import and export PLY.
 
-Backend commands run as child processes (runner.py). From the UI they are modal operators
+Backend commands run as child processes (jobs.py, runner.py). From the UI they are modal operators
 polling on a timer, so Blender stays responsive; from a script (EXEC) they block until done.
+What each command is: job_factories.py.
 """
 
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -14,112 +14,30 @@ from bpy.props import BoolProperty, StringProperty
 from bpy.types import Operator
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
-from . import exporter, importer, preferences, runner
-from .core.ply import PlyFormatError
+from . import exporter, importer, isolations, jobs
+from .job_factories import install_job, reisolate_job, run_job
+from .jobs import BackendJob, UserError
 
 POLL_SECONDS = 0.25
 
 
-class UserError(Exception):
-    """Something the user can fix before a run starts (a missing file, no backend)."""
-
-
-class BackendJob:
-    """Backend commands run one after the other (usually one; the install needs two), followed
-    from a timer, and what to do in Blender when they all succeed."""
-
-    def __init__(self, kind: str, title: str, commands: list[list[str]], log_path: Path,
-                 events_path: Path | None = None, on_success=None):
-        self.kind, self.title = kind, title
-        self.commands, self.log_path, self.events_path = commands, log_path, events_path
-        self.on_success = on_success  # callable(context) -> message, may raise
-        self.step = 0
-        self.process: runner.BackendProcess | None = None
-
-    def start(self) -> "BackendJob":
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.log_path.write_bytes(b"")
-        self._start_step()
-        return self
-
-    def _start_step(self) -> None:
-        self.process = runner.BackendProcess(self.commands[self.step], self.log_path, self.events_path).start()
-
-    def cancel(self) -> None:
-        if self.process is not None:
-            self.process.cancel()
-
-    def fraction(self) -> float:
-        if self.events_path is None:  # no progress events (pip): count the commands
-            return self.step / len(self.commands)
-        ev = self.process.last_event if self.process else None
-        return float(ev.get("progress", 0.0)) if ev else 0.0
-
-    def status_text(self) -> str:
-        if self.process is None:
-            return ""
-        if self.process.cancelled:
-            return "cancelling…"
-        if self.events_path is None:  # pip: no events, show its output
-            lines = runner.tail_lines(self.log_path, 1)
-            return f"step {self.step + 1}/{len(self.commands)}: {lines[0][:60] if lines else 'starting…'}"
-        return self.process.progress_text()
-
-    def tick(self, context) -> tuple[str, str]:
-        """Advance; returns (state, message) with state RUNNING, FINISHED, CANCELLED or FAILED."""
-        proc = self.process
-        proc.poll()
-        if context.window_manager.facesplat_job.cancel_requested:
-            proc.cancel()
-        _show(context, self)
-        if proc.running:
-            return "RUNNING", ""
-        proc.poll()  # the last events, written just before exit
-        if proc.cancelled:
-            return "CANCELLED", f"{self.title} cancelled"
-        if proc.returncode != 0:
-            return "FAILED", proc.error_message()
-        if self.step + 1 < len(self.commands):
-            self.step += 1
-            try:
-                self._start_step()
-            except RuntimeError as e:  # e.g. the new environment's python is missing
-                return "FAILED", str(e)
-            return "RUNNING", ""
-        try:
-            return "FINISHED", (self.on_success(context) if self.on_success else f"{self.title} finished")
-        except (PlyFormatError, ValueError, OSError, exporter.ExportError) as e:
-            return "FAILED", str(e)
-
-
-_ACTIVE: BackendJob | None = None
-
-
-def active_job() -> BackendJob | None:
-    return _ACTIVE
-
-
-def launch(context, job: BackendJob) -> BackendJob:
-    global _ACTIVE
-    if _ACTIVE is not None:
-        raise UserError(f"{_ACTIVE.title} is still running; cancel it first")
-    try:
-        job.start()
-    except (OSError, RuntimeError) as e:
-        raise UserError(str(e)) from None
-    _ACTIVE = job
+def start_job(context, job: BackendJob) -> BackendJob:
+    """Launch `job` as the active one and show it in the panel (WindowManager.facesplat_job)."""
+    jobs.launch(job)
     state = context.window_manager.facesplat_job
     state.running, state.title, state.cancel_requested = True, job.title, False
     state.stage, state.progress, state.message = "", 0.0, ""
     return job
 
 
-def _show(context, job: BackendJob) -> None:
-    """Mirror the job into WindowManager properties (the panel draws those) and the status bar."""
+def poll_job(context, job: BackendJob) -> tuple[str, str]:
+    """One timer tick: pass on a Cancel press, advance the job, mirror it into the panel and the
+    status bar. Returns the job's (state, message)."""
+    if context.window_manager.facesplat_job.cancel_requested:
+        job.cancel()
+    result = job.tick(context)
     state = context.window_manager.facesplat_job
-    ev = job.process.last_event or {}
-    state.stage, state.progress = job.status_text(), job.fraction()
-    state.message = str(ev.get("message", ""))[:200]
+    state.stage, state.progress, state.message = job.status_text(), job.fraction(), job.message()[:200]
     text = f"FaceSplat {job.title}: {state.stage} · {state.message}  (Esc to cancel)"
     for window in context.window_manager.windows:
         if window.workspace is not None:
@@ -127,11 +45,12 @@ def _show(context, job: BackendJob) -> None:
         for area in (window.screen.areas if window.screen else ()):
             if area.type in ("VIEW_3D", "PREFERENCES"):
                 area.tag_redraw()
+    return result
 
 
-def finish_job(context) -> None:
-    global _ACTIVE
-    _ACTIVE = None
+def end_job(context) -> None:
+    """The active job has ended: forget it and clear the panel and the status bar."""
+    jobs.finish()
     state = context.window_manager.facesplat_job
     state.running, state.cancel_requested = False, False
     for window in context.window_manager.windows:
@@ -139,15 +58,6 @@ def finish_job(context) -> None:
             window.workspace.status_text_set(None)
         for area in (window.screen.areas if window.screen else ()):
             area.tag_redraw()
-
-
-@bpy.app.handlers.persistent  # stays in load_pre across file loads
-def stop_active_job(*_args) -> None:
-    """Stop the backend when Blender quits, loads another file or disables the add-on."""
-    global _ACTIVE
-    if _ACTIVE is not None and _ACTIVE.process is not None:
-        _ACTIVE.process.stop()
-    _ACTIVE = None
 
 
 class _JobOperator:
@@ -158,11 +68,11 @@ class _JobOperator:
 
     @classmethod
     def poll(cls, context):
-        return _ACTIVE is None
+        return jobs.active() is None
 
     def invoke(self, context, event):
         try:
-            self._job = launch(context, self.make_job(context))
+            self._job = start_job(context, self.make_job(context))
         except UserError as e:
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
@@ -178,11 +88,11 @@ class _JobOperator:
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
         try:
-            state, message = self._job.tick(context)
+            state, message = poll_job(context, self._job)
         except BaseException:  # never leave a job marked as running behind a bug
             context.window_manager.event_timer_remove(self._timer)
-            self._job.process.stop()
-            finish_job(context)
+            self._job.stop()
+            end_job(context)
             raise
         if state == "RUNNING":
             return {"PASS_THROUGH"}
@@ -191,7 +101,7 @@ class _JobOperator:
 
     def execute(self, context):
         try:
-            job = launch(context, self.make_job(context))
+            job = start_job(context, self.make_job(context))
         except UserError as e:
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
@@ -199,105 +109,20 @@ class _JobOperator:
         try:
             while state == "RUNNING":
                 time.sleep(POLL_SECONDS)
-                state, message = job.tick(context)
+                state, message = poll_job(context, job)
         except BaseException:
-            job.process.stop()
-            finish_job(context)
+            job.stop()
+            end_job(context)
             raise
         return self._conclude(context, state, message)
 
     def _conclude(self, context, state, message):
-        finish_job(context)
+        end_job(context)
         if state == "FINISHED":
             self.report({"INFO"}, message)
             return {"FINISHED"}
         self.report({"WARNING"} if state == "CANCELLED" else {"ERROR"}, message)
         return {"CANCELLED"}
-
-
-def _abspath(path: str) -> Path:
-    return Path(bpy.path.abspath(path)).resolve() if path else Path()
-
-
-def resolve_workspace(context, source: Path) -> Path:
-    """The panel's workspace, or facesplat/<input name> next to the .blend (or in the temp folder)."""
-    settings = context.scene.facesplat
-    if settings.workspace.strip():
-        return _abspath(settings.workspace)
-    base = Path(bpy.path.abspath("//")) if bpy.data.filepath else Path(tempfile.gettempdir())
-    return base / "facesplat" / (source.stem or source.name or "capture")
-
-
-def _require_python(context) -> Path:
-    python = preferences.backend_python(context)
-    if python is None:
-        raise UserError("No FaceSplat backend: press Install Backend in Preferences › Add-ons › FaceSplat, "
-                        "or set Backend Python there")
-    return python
-
-
-def run_job(context) -> BackendJob:
-    """`facesplat run` on the panel's input; on success the head and its cameras are imported."""
-    s = context.scene.facesplat
-    path = _abspath(s.video if s.input_type == "VIDEO" else s.images)
-    if s.input_type == "VIDEO" and not path.is_file():
-        raise UserError(f"Video not found: '{s.video}'; choose a video file in the FaceSplat panel")
-    if s.input_type == "IMAGES" and not path.is_dir():
-        raise UserError(f"Image folder not found: '{s.images}'; choose a folder of photos")
-    python = _require_python(context)
-    ws = resolve_workspace(context, path)
-    device = preferences.get(context).device if s.device == "PREFS" else s.device
-    output = ws / "head.ply"
-    argv = runner.run_command(python, workspace=ws, output=output, num_frames=s.num_frames, height=s.height,
-                              num_iters=s.num_iters, device=device, silhouette_masks=s.silhouette_masks,
-                              **({"video": path} if s.input_type == "VIDEO" else {"images": path}))
-
-    def on_success(context):
-        head = importer.import_splats(context, output, cameras_json=ws / "cameras.json",
-                                      name=path.stem or path.name, workspace=ws)
-        return f"Imported {len(head.data.points)} Gaussians and their cameras from {ws}"
-
-    return BackendJob("run", "Run", [argv], ws / "logs" / "blender-run.log", ws / "events.jsonl", on_success)
-
-
-def reisolate_job(context) -> BackendJob:
-    """`facesplat isolate` on the active run's workspace; the head's points are replaced in place."""
-    root, head = importer.run_objects(context.active_object)
-    if head is None or not head.facesplat.workspace:
-        raise UserError("Select the head (or any object) of a FaceSplat run to re-isolate it")
-    ws = Path(head.facesplat.workspace)
-    if not (ws / "scene.ply").is_file():
-        raise UserError(f"{ws} has no scene.ply; re-isolation needs the workspace of a finished run")
-    s = context.scene.facesplat
-    output = ws / "head.ply"
-    argv = runner.isolate_command(_require_python(context), workspace=ws, output=output,
-                                  threshold=s.threshold, min_opacity=s.min_opacity)
-    head_name = head.name
-
-    def on_success(context):
-        target = bpy.data.objects.get(head_name)
-        if target is None:
-            raise ValueError(f"'{head_name}' was deleted while isolating; import {output} instead")
-        splats = importer.ply.read_splat_ply(output)
-        importer.replace_splats(context, target, splats, source=output)
-        return f"Re-isolated: {len(splats)} Gaussians (threshold {s.threshold:.2f}, min opacity {s.min_opacity:.2f})"
-
-    return BackendJob("isolate", "Re-isolate", [argv], ws / "logs" / "blender-isolate.log",
-                      ws / "events.jsonl", on_success)
-
-
-def install_job(context) -> BackendJob:
-    prefs = preferences.get(context)
-    folder = preferences.user_folder(create=True)
-    if folder is None:
-        raise UserError("Install Backend needs FaceSplat installed as an extension (Get Extensions › Install from Disk)")
-    wheels = _abspath(prefs.wheels) if prefs.wheels.strip() else None
-    if wheels is None and not bpy.app.online_access:
-        raise UserError("Online access is off (Preferences › System › Network): allow it for pip, "
-                        "or set Offline Wheels to a folder of wheels")
-    commands = runner.install_commands(sys.executable, preferences.env_dir(), preferences.bundled_backend(), wheels)
-    return BackendJob("install", "Install Backend", commands, preferences.install_log(), None,
-                      lambda context: f"Backend installed in {preferences.env_dir()}")
 
 
 class FACESPLAT_OT_run(_JobOperator, Operator):
@@ -320,7 +145,7 @@ class FACESPLAT_OT_reisolate(_JobOperator, Operator):
 
     @classmethod
     def poll(cls, context):
-        return _ACTIVE is None and importer.run_objects(context.active_object)[1] is not None
+        return jobs.active() is None and importer.run_objects(context.active_object)[1] is not None
 
     def make_job(self, context):
         return reisolate_job(context)
@@ -344,11 +169,11 @@ class FACESPLAT_OT_cancel(Operator):
 
     @classmethod
     def poll(cls, context):
-        return _ACTIVE is not None
+        return jobs.active() is not None
 
     def execute(self, context):
         context.window_manager.facesplat_job.cancel_requested = True
-        _ACTIVE.cancel()
+        jobs.active().cancel()
         return {"FINISHED"}
 
 
@@ -364,6 +189,10 @@ class FACESPLAT_OT_import_ply(Operator, ImportHelper):
     filter_glob: StringProperty(default="*.ply", options={"HIDDEN"})
     import_cameras: BoolProperty(name="Cameras", default=True,
                                  description="Also import cameras.json from the same folder, if there is one")
+    set_render_size: BoolProperty(
+        name="Set Render Size", default=False,
+        description="Set the scene's render resolution and pixel aspect to the cameras' frames, so looking "
+                    "through an imported camera lines up with its frame")
 
     def execute(self, context):
         path = Path(self.filepath)
@@ -373,11 +202,43 @@ class FACESPLAT_OT_import_ply(Operator, ImportHelper):
             # A workspace's head.ply is named after its workspace folder, a lone PLY after itself.
             head = importer.import_splats(context, path, cameras_json=cameras if use_cameras else None,
                                           name=path.parent.name if use_cameras else path.stem,
-                                          workspace=path.parent if use_cameras else None)
-        except (PlyFormatError, ValueError) as e:
+                                          workspace=path.parent if use_cameras else None,
+                                          set_render_size=self.set_render_size)
+        except ValueError as e:  # core's PLY and cameras.json errors: one line, the scene untouched
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
         self.report({"INFO"}, f"Imported {len(head.data.points)} Gaussians from {path.name}")
+        return {"FINISHED"}
+
+
+class FACESPLAT_OT_use_isolation(Operator):
+    """Put one of the workspace's kept isolations in place of the head's Gaussians (no backend run)"""
+
+    bl_idname = "facesplat.use_isolation"
+    bl_label = "Use Kept Isolation"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filepath: StringProperty(name="Isolation", subtype="FILE_PATH", options={"SKIP_SAVE"},
+                             description="A kept isolation: <workspace>/isolations/head_t*_o*.ply")
+
+    @classmethod
+    def poll(cls, context):
+        return jobs.active() is None and importer.run_objects(context.active_object)[1] is not None
+
+    def execute(self, context):
+        head = importer.run_objects(context.active_object)[1]
+        path = Path(self.filepath)
+        try:
+            count = importer.replace_splats_from_file(context, head, path)
+        except ValueError as e:
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        # The sliders show the settings of what is now in the scene.
+        kept = next((k for k in isolations.kept_isolations(path.parent.parent) if k.path == path), None)
+        if kept is not None:
+            s = context.scene.facesplat
+            s.threshold, s.min_opacity = kept.threshold, kept.min_opacity
+        self.report({"INFO"}, f"{head.name}: {count} Gaussians from {path.name}")
         return {"FINISHED"}
 
 
@@ -422,4 +283,4 @@ def menu_export(self, context):
 
 
 classes = (FACESPLAT_OT_run, FACESPLAT_OT_reisolate, FACESPLAT_OT_install_backend, FACESPLAT_OT_cancel,
-           FACESPLAT_OT_import_ply, FACESPLAT_OT_export_ply)
+           FACESPLAT_OT_import_ply, FACESPLAT_OT_export_ply, FACESPLAT_OT_use_isolation)

@@ -5,7 +5,7 @@ from pathlib import Path
 import bpy
 from bpy.types import Panel
 
-from . import exporter, importer, preferences
+from . import exporter, importer, isolations, preferences
 
 
 class _FaceSplatPanel:
@@ -82,6 +82,16 @@ class FACESPLAT_PT_isolate(_FaceSplatPanel, Panel):
         else:
             layout.label(text="Select an imported FaceSplat run", icon="INFO")
         layout.operator("facesplat.reisolate", icon="FILE_REFRESH")
+        kept = isolations.kept_isolations(head.facesplat.workspace) if head is not None else []
+        if kept:  # every isolation the workspace kept: one click puts it back
+            col = layout.column(align=True)
+            col.label(text="Kept isolations", icon="FILE_FOLDER")
+            source = Path(head.facesplat.source) if head.facesplat.source else None
+            for isolation in kept:
+                current = source == isolation.path
+                op = col.operator("facesplat.use_isolation", text=isolation.label, depress=current,
+                                  icon="CHECKMARK" if current else "IMPORT")
+                op.filepath = str(isolation.path)
 
 
 class FACESPLAT_PT_export(_FaceSplatPanel, Panel):

@@ -7,7 +7,7 @@ import bpy
 from bpy.props import EnumProperty, StringProperty
 from bpy.types import AddonPreferences
 
-from . import runner
+from . import jobs, runner
 from .properties import DEVICES
 
 ENV_FOLDER = "backend_env"
@@ -69,8 +69,6 @@ class FACESPLAT_AP_preferences(AddonPreferences):
                     "these files and never goes online")
 
     def draw(self, context):
-        from .operators import active_job  # drawn only once everything is registered
-
         layout = self.layout
         python = backend_python(context)
         col = layout.column()
@@ -86,7 +84,7 @@ class FACESPLAT_AP_preferences(AddonPreferences):
         box.label(text=f"Creates {env_dir() or '(extension user folder)'} with {Path(sys.executable).name} "
                        "and pip-installs the bundled backend (torch, pycolmap, OpenCV: a few GB).")
         box.prop(self, "wheels")
-        job = active_job()
+        job = jobs.active()
         if job is not None and job.kind == "install":
             row = box.row()
             row.progress(factor=job.fraction(), text=job.status_text())

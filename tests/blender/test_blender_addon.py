@@ -1,6 +1,8 @@
 """The extension zip from build.py in real Blender: install, enable, register, draw, unregister."""
 
+import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,7 +15,7 @@ sys.path.insert(0, str(REPO / "backend"))
 from facesplat.core.cameras import CameraFrame, write_cameras_json  # noqa: E402
 from facesplat.core.ply import Splats, write_splat_ply  # noqa: E402
 
-OPERATORS = ["run", "reisolate", "install_backend", "cancel", "import_ply", "export_ply"]
+OPERATORS = ["run", "reisolate", "install_backend", "cancel", "import_ply", "export_ply", "use_isolation"]
 PANELS = ["FACESPLAT_PT_main", "FACESPLAT_PT_capture", "FACESPLAT_PT_isolate", "FACESPLAT_PT_export"]
 
 
@@ -88,8 +90,10 @@ class RecordingLayout:
         self._icon(icon)
         module, name = idname.split(".")
         getattr(getattr(bpy.ops, module), name).get_rna_type()  # raises if the operator does not exist
+        props = SimpleNamespace()  # what the draw code sets on the button's operator
         self.log.append(("operator", idname))
-        return SimpleNamespace()
+        self.log.append(("button", idname, text, icon, props))
+        return props
 
     def progress(self, factor=0.0, type="BAR", text=""):
         assert 0.0 <= factor <= 1.0
@@ -132,6 +136,36 @@ def w_draw_panels(ply_path):
     return idle, selected, running, polls
 
 
+def w_kept_isolations(head_path):
+    """The Head Isolation panel lists the workspace's kept isolations; its button puts one back."""
+    import bpy
+
+    def isolation_buttons():
+        log = []
+        bpy.types.FACESPLAT_PT_isolate.draw(SimpleNamespace(layout=RecordingLayout(log)), bpy.context)
+        return [(text, icon, vars(props)) for kind, *rest in log if kind == "button"
+                for idname, text, icon, props in [rest] if idname == "facesplat.use_isolation"]
+
+    reset_scene()
+    bpy.ops.facesplat.import_ply(filepath=str(head_path))
+    head = bpy.context.active_object
+    names = (head.name, head.data.name)
+    listed = isolation_buttons()
+    chosen = next(props["filepath"] for text, icon, props in listed if "0.60" in text)
+    result = bpy.ops.facesplat.use_isolation(filepath=chosen)
+    after = {"result": sorted(result), "names": (head.name, head.data.name), "points": len(head.data.points),
+             "source": head.facesplat.source, "threshold": round(bpy.context.scene.facesplat.threshold, 4),
+             "min_opacity": round(bpy.context.scene.facesplat.min_opacity, 4), "listed": isolation_buttons()}
+    bad = next(props["filepath"] for text, icon, props in listed if "0.90" in text)
+    try:
+        bpy.ops.facesplat.use_isolation(filepath=bad)
+        bad_message = None
+    except RuntimeError as e:
+        bad_message = str(e)
+    after_bad = (len(head.data.points), head.facesplat.source)
+    return names, listed, after, bad_message, after_bad
+
+
 # ---- tests --------------------------------------------------------------------------------------
 
 def test_zip_layout(extension_zip):
@@ -140,9 +174,29 @@ def test_zip_layout(extension_zip):
     assert {"core/ply.py", "core/cameras.py", "core/events.py", "core/transform.py"} <= set(names)
     assert {"backend_src/backend/pyproject.toml", "backend_src/backend/facesplat/cli.py", "backend_src/README.md"} <= set(names)
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
-    manifest = zipfile.ZipFile(extension_zip).read("blender_manifest.toml").decode()
-    assert 'id = "facesplat"' in manifest and 'blender_version_min = "4.2.0"' in manifest
-    assert "network" not in manifest.split("[permissions]")[1]
+    manifest = tomllib.loads(zipfile.ZipFile(extension_zip).read("blender_manifest.toml").decode())
+    assert manifest["id"] == "facesplat" and manifest["blender_version_min"] == "4.2.0"
+    # Honest permissions: Install Backend runs pip, which downloads the backend.
+    assert set(manifest["permissions"]) == {"files", "network"}
+    assert "pip" in manifest["permissions"]["network"]
+
+
+def blender_ext_script() -> Path:
+    """Blender's own extension tool (the one `blender --command extension` runs), shipped inside bpy."""
+    import importlib.util
+
+    bpy_dir = Path(importlib.util.find_spec("bpy").submodule_search_locations[0])
+    found = sorted(bpy_dir.glob("*/scripts/addons_core/bl_pkg/cli/blender_ext.py"))
+    assert found, f"no bl_pkg/cli/blender_ext.py under {bpy_dir}"
+    return found[0]
+
+
+def test_the_zip_passes_blenders_strict_validator(extension_zip):
+    """What `blender --command extension validate` and the extensions platform check."""
+    result = subprocess.run([sys.executable, str(blender_ext_script()), "validate", str(extension_zip)],
+                            capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "Success" in output and "ERROR" not in output, output
 
 
 def test_installs_enables_and_registers(blender):
@@ -165,7 +219,7 @@ def test_panels_draw_in_every_state(blender, tmp_path):
     assert ("operator", "facesplat.run") in idle and ("prop", "video") in idle
     assert ("label", "Select an imported FaceSplat run") in idle
     assert ("label", "Backend not installed") in idle  # no backend in a fresh profile
-    assert any("20 Gaussians" in text for _, text in selected)
+    assert any("20 Gaussians" in entry[1] for entry in selected if entry[0] == "label")
     assert ("progress", "train (4/5) 42%") in running and ("operator", "facesplat.cancel") in running
     assert ("label", "step 12/30") in running
     assert polls["import_ply"] and polls["run"] and polls["export_ply"] and polls["reisolate"]
@@ -205,3 +259,30 @@ def test_install_backend_creates_the_environment_and_reports_pips_cause(blender,
     # pip's cause, not its closing note
     assert "No matching distribution" in out["message"] and "\n" not in out["message"].strip(), out["message"]
     assert not out["running"]
+
+
+def test_kept_isolations_are_offered_and_one_click_puts_one_back(blender, tmp_path):
+    ws = tmp_path / "ws"
+    write_cameras_json(ws / "cameras.json", [CameraFrame(0, "", 64, 48, 50.0, 50.0, 32.0, 24.0, np.eye(4))])
+    write_splat_ply(ws / "head.ply", random_splats(30))
+    kept = {"head_t0.30_o0.05.ply": 30, "head_t0.60_o0.05.ply": 12, "head_t0.90_o0.05.ply": 5}
+    for name, n in kept.items():
+        write_splat_ply(ws / "isolations" / name, random_splats(n))
+    bad = ws / "isolations" / "head_t0.90_o0.05.ply"
+    bad.write_bytes(bad.read_bytes()[:-40])  # truncated
+    names, listed, after, bad_message, after_bad = blender.call(w_kept_isolations, ws / "head.ply")
+    assert [text for text, _, _ in listed] == [f"Threshold {t} · Min Opacity 0.05" for t in ("0.30", "0.60", "0.90")]
+    assert [props["filepath"] for _, _, props in listed] == [str(ws / "isolations" / name) for name in kept]
+    assert after["result"] == ["FINISHED"] and after["names"] == names and after["points"] == 12
+    assert after["source"] == str(ws / "isolations" / "head_t0.60_o0.05.ply")
+    assert (after["threshold"], after["min_opacity"]) == (0.6, 0.05)  # the sliders show what is in the scene
+    assert [icon for _, icon, _ in after["listed"]] == ["IMPORT", "CHECKMARK", "IMPORT"]
+    # a bad kept file: a clear report, the head as it was
+    assert bad_message and "head_t0.90_o0.05.ply" in bad_message and "Traceback" not in bad_message
+    assert after_bad == (12, after["source"])
+
+
+def random_splats(n, seed=0):
+    rng = np.random.default_rng(seed + n)
+    return Splats(rng.normal(0, 0.1, (n, 3)), rng.normal(size=(n, 3)), rng.normal(0, 0.3, (n, 3, 3)),
+                  rng.normal(size=n), rng.normal(-5, 1, (n, 3)), rng.normal(size=(n, 4)))

@@ -129,7 +129,7 @@ def w_camera_pixels(ply_path, points):
     from mathutils import Vector
 
     reset_scene()
-    bpy.ops.facesplat.import_ply(filepath=str(ply_path))
+    bpy.ops.facesplat.import_ply(filepath=str(ply_path), set_render_size=True)
     scene = bpy.context.scene
     w, h = scene.render.resolution_x, scene.render.resolution_y
     out = {}
@@ -172,11 +172,12 @@ def w_replace_splats(ply_path, new_path):
     head.location = (0.1, 0.2, 0.3)
     bpy.context.view_layer.update()
     before = (head.name, head.users_collection[0].name, head.parent.name, [list(r) for r in head.matrix_world])
-    old_data = head.data.name
+    old_data, old_uid = head.data.name, head.data.session_uid
     importer.replace_splats(bpy.context, head, importer.ply.read_splat_ply(new_path), source=new_path)
     after = (head.name, head.users_collection[0].name, head.parent.name, [list(r) for r in head.matrix_world])
     return (before, after, len(head.data.points), [m.name for m in head.data.materials],
-            old_data in bpy.data.pointclouds, len(bpy.data.pointclouds), head.facesplat.source)
+            any(pc.session_uid == old_uid for pc in bpy.data.pointclouds), len(bpy.data.pointclouds),
+            head.facesplat.source, (old_data, head.data.name))
 
 
 # ---- tests --------------------------------------------------------------------------------------
@@ -254,8 +255,21 @@ def test_export_refuses_a_non_uniform_scale(blender, tmp_path):
     np.testing.assert_array_equal(read_splat_ply(tmp_path / "local.ply").means, read_splat_ply(tmp_path / "in.ply").means)
 
 
+def _set_value(path: Path, row: int, prop: str, value: float) -> None:
+    """Overwrite one float of a binary 3DGS PLY in place (the header keeps its order)."""
+    data = bytearray(path.read_bytes())
+    start = data.index(b"end_header\n") + len(b"end_header\n")
+    names = [ln.split()[-1] for ln in data[:start].decode().splitlines() if ln.startswith("property")]
+    offset = start + 4 * (row * len(names) + names.index(prop))
+    data[offset:offset + 4] = np.float32(value).tobytes()
+    path.write_bytes(bytes(data))
+
+
 BAD = {
     "truncated": lambda p: p.write_bytes(p.read_bytes()[:-100]),
+    "truncated_header": lambda p: p.write_bytes(p.read_bytes()[:p.read_bytes().index(b"property float opacity") + 13]),
+    "nan_in_x": lambda p: _set_value(p, 7, "x", np.nan),
+    "inf_in_scale": lambda p: _set_value(p, 3, "scale_1", np.inf),
     "absurd_count": lambda p: p.write_bytes(p.read_bytes().replace(b"element vertex 50", b"element vertex 5000000000000", 1)),
     "missing_properties": lambda p: p.write_bytes(p.read_bytes().replace(b"property float opacity", b"property float opacit_", 1)),
     "not_a_ply": lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(4000)),
@@ -269,7 +283,23 @@ def test_bad_ply_gives_a_clear_report_and_leaves_the_scene_untouched(blender, tm
     write_splat_ply(path, random_splats(50, 1))
     BAD[case](path)
     message, before, after = blender.call(w_bad_import, path)
-    assert message and str(path) in message and "Traceback" not in message
+    assert message and str(path) in message and "Traceback" not in message, message
+    assert "\n" not in message.strip(), message
+    if case == "truncated_header":  # not "unsupported vertex property 'property floa'"
+        assert "truncated" in message.replace(str(path), ""), message
+    assert after == before
+
+
+@pytest.mark.parametrize("case", ["fx_not_a_number", "null_frame", "frames_not_a_list_of_objects"])
+def test_cameras_json_with_wrong_types_gives_a_clear_report(blender, tmp_path, case):
+    write_splat_ply(tmp_path / "head.ply", random_splats(50, 1))
+    frame = CameraFrame(0, "", 64, 48, 50.0, 50.0, 32.0, 24.0, np.eye(4)).to_json()
+    frames = {"fx_not_a_number": [{**frame, "fx": "abc"}], "null_frame": [frame, None],
+              "frames_not_a_list_of_objects": [frame, 3]}[case]
+    (tmp_path / "cameras.json").write_text(json.dumps({"convention": "opencv", "frames": frames}))
+    message, before, after = blender.call(w_bad_import, tmp_path / "head.ply")
+    assert message and "cameras.json" in message and "Traceback" not in message, message
+    assert "\n" not in message.strip(), message
     assert after == before
 
 
@@ -370,9 +400,9 @@ def test_replacing_the_splats_keeps_the_object(blender, tmp_path):
     frames = [CameraFrame(0, "", 64, 48, 50.0, 50.0, 32.0, 24.0, np.eye(4))]
     ply_path = make_workspace(tmp_path / "ws", frames, n=300)
     write_splat_ply(tmp_path / "fewer.ply", random_splats(120, 1, seed=9))
-    before, after, n, materials, old_kept, n_clouds, source = blender.call(
+    before, after, n, materials, old_kept, n_clouds, source, data_names = blender.call(
         w_replace_splats, ply_path, tmp_path / "fewer.ply")
-    assert before == after and n == 120
+    assert before == after and n == 120 and data_names == ("ws head", "ws head")
     assert materials == ["FaceSplat Gaussians"] and not old_kept and n_clouds == 1
     assert source == str(tmp_path / "fewer.ply")
 
@@ -383,7 +413,7 @@ def w_render_point(ply_path, frame_index, point, radius, box):
     import bpy
 
     reset_scene()
-    bpy.ops.facesplat.import_ply(filepath=str(ply_path))
+    bpy.ops.facesplat.import_ply(filepath=str(ply_path), set_render_size=True)
     scene = bpy.context.scene
     scene.camera = next(ob for ob in scene.objects if ob.type == "CAMERA" and ob.facesplat.frame_index == frame_index)
     for ob in scene.objects:
@@ -448,3 +478,111 @@ def test_an_empty_splat_file_imports_and_exports(blender, tmp_path):
     assert blender.call(w_export, tmp_path / "empty.ply", tmp_path / "out.ply", (1, 2, 3)) is None
     out = read_splat_ply(tmp_path / "out.ply")
     assert len(out) == 0 and out.sh_degree == 1
+
+
+def w_import_twice(ply_path, delete_between):
+    """Import, (delete what it made, as an artist would), import again; then re-isolate twice."""
+    import bpy
+
+    importer = addon("importer")
+    reset_scene()
+
+    def names():
+        return {kind: sorted(x.name for x in getattr(bpy.data, kind))
+                for kind in ("objects", "pointclouds", "cameras", "collections")}
+
+    bpy.ops.facesplat.import_ply(filepath=str(ply_path))
+    first = names()
+    if delete_between:
+        bpy.ops.object.select_all(action="SELECT")
+        bpy.ops.object.delete()
+        for collection in [c for c in bpy.data.collections if c.name.startswith("FaceSplat ")]:
+            for child in collection.children_recursive:
+                bpy.data.collections.remove(child)
+            bpy.data.collections.remove(collection)
+        orphans = [pc.name for pc in bpy.data.pointclouds if pc.users == 0]
+    else:
+        orphans = []
+    bpy.ops.facesplat.import_ply(filepath=str(ply_path))
+    second = names()
+    head = bpy.context.active_object
+    data_name = head.data.name
+    for _ in range(2):
+        importer.replace_splats_from_file(bpy.context, head, ply_path)
+    return first, orphans, second, data_name, head.data.name, len(bpy.data.pointclouds)
+
+
+def test_reimport_after_deleting_and_reisolating_keep_the_names(blender, tmp_path):
+    frames = [CameraFrame(i, "", 64, 48, 50.0, 50.0, 32.0, 24.0, np.eye(4)) for i in range(2)]
+    ply_path = make_workspace(tmp_path / "ws", frames)
+    first, orphans, second, data_before, data_after, n_clouds = blender.call(w_import_twice, ply_path, True)
+    assert orphans == ["ws head"]  # deleting the object left its data, which used to push the name to .001
+    assert second == first and first["pointclouds"] == ["ws head"]
+    assert data_before == data_after == "ws head" and n_clouds == 1  # re-isolation keeps the name too
+    # Imported twice side by side, the second copy is a second run (Blender's usual .001).
+    first, _, second, data_before, data_after, n_clouds = blender.call(w_import_twice, ply_path, False)
+    assert second["objects"] == sorted(first["objects"] + [n + ".001" for n in first["objects"]])
+    assert data_after == data_before == "ws head.001" and n_clouds == 2
+
+
+def w_import_render_size(ply_path, options):
+    import bpy
+
+    reset_scene()
+    render = bpy.context.scene.render
+    render.resolution_x, render.resolution_y, render.pixel_aspect_x, render.pixel_aspect_y = 1920, 1080, 1.0, 1.0
+    assert bpy.ops.facesplat.import_ply(filepath=str(ply_path), **options) == {"FINISHED"}
+    return render.resolution_x, render.resolution_y, round(render.pixel_aspect_x, 4), round(render.pixel_aspect_y, 4)
+
+
+def test_import_leaves_the_render_size_alone_unless_asked(blender, tmp_path):
+    frames = [CameraFrame(0, "", 640, 360, 500.0, 400.0, 320.0, 180.0, np.eye(4))]
+    ply_path = make_workspace(tmp_path / "ws", frames)
+    assert blender.call(w_import_render_size, ply_path, {}) == (1920, 1080, 1.0, 1.0)
+    w, h, ax, ay = blender.call(w_import_render_size, ply_path, {"set_render_size": True})
+    assert (w, h) == (640, 360) and ax / ay == pytest.approx(400.0 / 500.0, rel=1e-3)
+
+
+def w_solid_mode_colour(ply_path, colour_type):
+    """Render the imported head with Workbench (Solid mode's engine) and return the centre colour."""
+    import bpy
+
+    reset_scene()
+    bpy.ops.facesplat.import_ply(filepath=str(ply_path))
+    head = bpy.context.active_object
+    scene = bpy.context.scene
+    cam = bpy.data.objects.new("cam", bpy.data.cameras.new("cam"))
+    scene.collection.objects.link(cam)
+    cam.location, cam.rotation_euler = (0, -3, 0), (np.pi / 2, 0, 0)
+    scene.camera = cam
+    render = scene.render
+    render.engine, render.resolution_x, render.resolution_y, render.resolution_percentage = "BLENDER_WORKBENCH", 48, 48, 100
+    render.use_border = render.film_transparent = False  # an earlier test's render border would crop it
+    scene.display_settings.display_device = "sRGB"
+    scene.view_settings.view_transform = "Standard"
+    shading = scene.display.shading
+    shading.light, shading.color_type = "FLAT", colour_type
+    bpy.ops.render.render()
+    path = str(Path(ply_path).parent / f"solid_{colour_type}.png")
+    bpy.data.images["Render Result"].save_render(path)
+    image = bpy.data.images.load(path)
+    pixels = np.array(image.pixels[:], dtype=np.float32).reshape(48, 48, 4)
+    material = head.data.materials[0]
+    return (pixels[20:28, 20:28, :3].reshape(-1, 3).mean(axis=0), tuple(material.diffuse_color),
+            tuple(head.color), head.data.attributes.active.name if head.data.attributes.active else None)
+
+
+@pytest.mark.parametrize("colour_type", ["MATERIAL", "OBJECT"])
+def test_solid_mode_shows_the_heads_colour(blender, tmp_path, colour_type):
+    """Not Blender's default grey: the material's and the object's viewport colour are the head's."""
+    n = 400
+    rgb = np.tile([0.8, 0.3, 0.2], (n, 1))  # a skin-like orange-red, sRGB
+    rng = np.random.default_rng(0)
+    write_splat_ply(tmp_path / "red.ply", Splats(rng.normal(0, 0.15, (n, 3)), (rgb - 0.5) / 0.28209479, np.zeros((n, 0, 3)),
+                                                 np.full(n, 6.0), np.full((n, 3), np.log(0.06)), np.tile([1.0, 0, 0, 0], (n, 1))))
+    seen, material_colour, object_colour, active = blender.call(w_solid_mode_colour, tmp_path / "red.ply", colour_type)
+    linear = ((rgb[0] + 0.055) / 1.055) ** 2.4
+    np.testing.assert_allclose(material_colour[:3], linear, atol=0.01)
+    np.testing.assert_allclose(object_colour[:3], linear, atol=0.01)
+    assert active == "color"
+    np.testing.assert_allclose(seen, rgb[0], atol=0.06)  # Flat lighting, Standard view: the sRGB colour back

@@ -1,0 +1,99 @@
+"""The backend job behind each button (Run, Re-isolate, Install Backend), built from the panel's
+settings and the preferences, with what to import into Blender when it succeeds."""
+
+import sys
+import tempfile
+from pathlib import Path
+
+import bpy
+
+from . import importer, isolations, preferences, runner
+from .jobs import BackendJob, UserError
+
+
+def abspath(path: str) -> Path:
+    return Path(bpy.path.abspath(path)).resolve() if path else Path()
+
+
+def resolve_workspace(context, source: Path) -> Path:
+    """The panel's workspace, or facesplat/<input name> next to the .blend (or in the temp folder)."""
+    settings = context.scene.facesplat
+    if settings.workspace.strip():
+        return abspath(settings.workspace)
+    base = Path(bpy.path.abspath("//")) if bpy.data.filepath else Path(tempfile.gettempdir())
+    return base / "facesplat" / (source.stem or source.name or "capture")
+
+
+def _require_python(context) -> Path:
+    python = preferences.backend_python(context)
+    if python is None:
+        raise UserError("No FaceSplat backend: press Install Backend in Preferences › Add-ons › FaceSplat, "
+                        "or set Backend Python there")
+    return python
+
+
+def run_job(context) -> BackendJob:
+    """`facesplat run` on the panel's input; on success the head and its cameras are imported."""
+    s = context.scene.facesplat
+    path = abspath(s.video if s.input_type == "VIDEO" else s.images)
+    if s.input_type == "VIDEO" and not path.is_file():
+        raise UserError(f"Video not found: '{s.video}'; choose a video file in the FaceSplat panel")
+    if s.input_type == "IMAGES" and not path.is_dir():
+        raise UserError(f"Image folder not found: '{s.images}'; choose a folder of photos")
+    python = _require_python(context)
+    ws = resolve_workspace(context, path)
+    device = preferences.get(context).device if s.device == "PREFS" else s.device
+    output = ws / "head.ply"
+    argv = runner.run_command(python, workspace=ws, output=output, num_frames=s.num_frames, height=s.height,
+                              num_iters=s.num_iters, device=device, silhouette_masks=s.silhouette_masks,
+                              **({"video": path} if s.input_type == "VIDEO" else {"images": path}))
+
+    def on_success(context):
+        # A run's cameras are meant to be looked through, so it sets the render size to the frames'.
+        head = importer.import_splats(context, output, cameras_json=ws / "cameras.json",
+                                      name=path.stem or path.name, workspace=ws, set_render_size=True)
+        return f"Imported {len(head.data.points)} Gaussians and their cameras from {ws}"
+
+    return BackendJob("run", "Run", [argv], ws / "logs" / "blender-run.log", ws / "events.jsonl", on_success)
+
+
+def reisolate_job(context) -> BackendJob:
+    """`facesplat isolate` on the active run's workspace; the head's points are replaced in place."""
+    root, head = importer.run_objects(context.active_object)
+    if head is None or not head.facesplat.workspace:
+        raise UserError("Select the head (or any object) of a FaceSplat run to re-isolate it")
+    ws = Path(head.facesplat.workspace)
+    if not (ws / "scene.ply").is_file():
+        raise UserError(f"{ws} has no scene.ply; re-isolation needs the workspace of a finished run")
+    s = context.scene.facesplat
+    threshold, min_opacity = s.threshold, s.min_opacity
+    output = ws / "head.ply"
+    kept = isolations.isolation_path(ws, threshold, min_opacity)
+    argv = runner.isolate_command(_require_python(context), workspace=ws, output=output,
+                                  threshold=threshold, min_opacity=min_opacity)
+    head_name = head.name
+
+    def on_success(context):
+        target = bpy.data.objects.get(head_name)
+        if target is None:
+            raise UserError(f"'{head_name}' was deleted while isolating; import {output} instead")
+        # The kept copy (same content as head.ply), so the panel can tell which isolation is in the scene.
+        count = importer.replace_splats_from_file(context, target, kept if kept.is_file() else output)
+        return f"Re-isolated: {count} Gaussians (threshold {threshold:.2f}, min opacity {min_opacity:.2f})"
+
+    return BackendJob("isolate", "Re-isolate", [argv], ws / "logs" / "blender-isolate.log",
+                      ws / "events.jsonl", on_success)
+
+
+def install_job(context) -> BackendJob:
+    prefs = preferences.get(context)
+    folder = preferences.user_folder(create=True)
+    if folder is None:
+        raise UserError("Install Backend needs FaceSplat installed as an extension (Get Extensions › Install from Disk)")
+    wheels = abspath(prefs.wheels) if prefs.wheels.strip() else None
+    if wheels is None and not bpy.app.online_access:
+        raise UserError("Online access is off (Preferences › System › Network): allow it for pip, "
+                        "or set Offline Wheels to a folder of wheels")
+    commands = runner.install_commands(sys.executable, preferences.env_dir(), preferences.bundled_backend(), wheels)
+    return BackendJob("install", "Install Backend", commands, preferences.install_log(), None,
+                      lambda context: f"Backend installed in {preferences.env_dir()}")
