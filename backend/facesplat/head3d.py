@@ -21,49 +21,12 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from .config import HeadVolumeConfig
 from .core.cameras import CameraFrame, project_points
 from .errors import StageError
 
 if TYPE_CHECKING:
-    from .masks import HeadEllipse
-
-
-@dataclass(frozen=True)
-class HeadVolumeConfig:
-    min_axis_spread: float = 0.01
-    """Smallest eigenvalue of the optical axes' normal matrix per camera (the mean squared sine
-    of the axes' angle to its weakest direction): below it the axes are nearly parallel (a
-    walk-by, a pan) and fix no point. 0.01 is about +-6 degrees of spread."""
-    max_axis_miss: float = 0.4
-    """The cameras' axes must pass their convergence point this close: RMS sine of the angle
-    between a camera's axis and its direction to the point (0.4: 24 degrees). Farther, they do
-    not look at one subject."""
-    min_level_spread: float = 0.03
-    """The cameras' x axes must turn this much (second eigenvalue of their scatter: the mean
-    squared sine of their angle to their mean, 0.03 is about +-10 degrees) to fix up as the
-    direction orthogonal to them all."""
-    face_inlier_tolerance: float = 0.5
-    """A face view agrees with a triangulated head centre when the centre reprojects within
-    this many of its head ellipse's vertical semi-axes of the ellipse's centre."""
-    default_radius: float = 0.25
-    """Head radius, in units of the median camera distance, when neither faces nor points size
-    the head (a phone at arm's length: 0.5 m away, a head about 0.12 m in radius)."""
-    search_radius: float = 2.0
-    """Sparse points within this many prior head radii of the centre may belong to the head."""
-    cluster_eps: float = 0.5
-    """DBSCAN neighbourhood, in prior head radii: the head's points chain together, the
-    background's sit apart."""
-    cluster_min_points: int = 5
-    """DBSCAN core-point count."""
-    min_head_points: int = 30
-    """Fewer points than this in the head's cluster: too few to size it; use faces or the default."""
-    extent_quantile: float = 0.02
-    """The head's box spans these quantiles of its points along each axis (both ends), so stray
-    points do not blow it up."""
-    margin: float = 1.3
-    """The ellipsoid's semi-axes are the points' half-extents times this (an ellipsoid through the
-    box's face centres misses its corners, smooth skin and stone carry few points; GrabCut
-    trims what is background: on the rendered orbit 1.3 kept precision 0.95, 1.5 fell to 0.86)."""
+    from .faces import HeadEllipse
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,9 @@ class Run:
     def frames(self) -> list[dict]:
         return read_workspace_file(self.ws.frames_json, _read_json_list)
 
+    def faces(self) -> list[dict]:
+        return read_workspace_file(self.ws.faces_json, _read_json_list)
+
     def masks(self) -> list[dict]:
         return read_workspace_file(self.ws.masks_json, _read_json_list)
 
@@ -73,11 +76,12 @@ def _frames(run: Run) -> dict:
     return {"frames_sampled": len(records)}
 
 
-def _masks(run: Run) -> dict:
-    from . import masks
+def _faces(run: Run) -> dict:
+    from .faces import detect_faces
 
-    records = masks.compute_masks(run.frames(), run.ws, run.cfg.masks, run.ctx.events)
-    return {"frames_with_face": sum(m["source"] != "interpolated" for m in records)}
+    records = detect_faces(run.frames(), run.ws.root, run.cfg.faces, run.ctx)
+    atomic_write_json(run.ws.faces_json, records)
+    return {"frames_with_face": sum(r["head"] is not None for r in records)}
 
 
 # SfM's database: descriptors and keypoints of every frame, matches of every pair. COLMAP aborts
@@ -93,10 +97,32 @@ def _sfm(run: Run) -> dict:
     frames = run.frames()
     run.ws.require_free_space(SFM_BASE_BYTES + SFM_BYTES_PER_FRAME * len(frames), "structure from motion")
     work_dir = run.ws.fresh_dir(run.ws.sfm_dir)
-    result = reconstruct(frames, run.masks(), run.ws.frames_dir, work_dir, run.cfg.sfm, run.ctx)
+    result = reconstruct(frames, run.faces(), run.ws.frames_dir, work_dir, run.cfg.sfm, run.ctx)
     write_cameras_json(run.ws.cameras_json, result.cameras, sfm_to_world=result.sfm_to_world)
     write_npz(run.ws.points_npz, xyz=result.xyz, rgb=result.rgb)
     return result.summary
+
+
+def _masks(run: Run) -> dict:
+    from .faces import ellipse_from_record
+    from .head3d import estimate_head_volume
+    from .masks import masks_from_head_volume
+
+    ws, cfg = run.ws, run.cfg.masks
+    cameras = run.cameras()
+    points = read_workspace_file(ws.points_npz, lambda p: read_npz(p, "xyz"))
+    heads = {f["frame_index"]: ellipse_from_record(f.get("head")) for f in run.faces()}
+    run.ctx.emit("masks", 0.0, "placing the head in 3D")
+    volume = estimate_head_volume(cameras, points["xyz"], [heads.get(c.frame_index) for c in cameras], cfg.head)
+    atomic_write_json(ws.head_volume_json, {
+        "center": volume.center.tolist(), "rotation": volume.rotation.tolist(),
+        "semi_axes": volume.semi_axes.tolist(), "center_from": volume.center_source,
+        "size_from": volume.extent_source})
+    records = masks_from_head_volume(cameras, volume, ws.root, ws.fresh_dir(ws.masks_dir), cfg, run.ctx)
+    atomic_write_json(ws.masks_json, records)
+    return {"head_center_from": volume.center_source, "head_size_from": volume.extent_source,
+            "head_semi_axes_m": [round(float(a), 4) for a in volume.semi_axes],
+            "masks_cut_to_silhouette": sum(r["shape"] == "silhouette" for r in records)}
 
 
 def _train(run: Run) -> dict:
@@ -148,10 +174,16 @@ def _check_frames(run: Run) -> str:
     return f"{len(frames)} frames"
 
 
+def _check_faces(run: Run) -> str:
+    faces = run.faces()
+    return f"a face found in {sum(f.get('head') is not None for f in faces)} of {len(faces)} frames"
+
+
 def _check_masks(run: Run) -> str:
     masks = run.masks()
     _require_files(run.ws, [m["mask"] for m in masks])
-    return f"{len(masks)} masks, a face found in {sum(m['source'] in ('frontal', 'profile') for m in masks)}"
+    read_workspace_file(run.ws.head_volume_json, lambda p: json.loads(p.read_text())["semi_axes"])
+    return f"{len(masks)} masks, {sum(m['shape'] == 'silhouette' for m in masks)} cut to the head's silhouette"
 
 
 def _check_sfm(run: Run) -> str:
@@ -190,8 +222,9 @@ class Stage:
 STAGES = (
     Stage("frames", lambda r: {"source": source_identity(r.source, r.is_images), "cfg": r.cfg.frames},
           _frames, _check_frames),
-    Stage("masks", lambda r: r.cfg.masks, _masks, _check_masks),
+    Stage("faces", lambda r: r.cfg.faces, _faces, _check_faces),
     Stage("sfm", lambda r: r.cfg.sfm, _sfm, _check_sfm),
+    Stage("masks", lambda r: r.cfg.masks, _masks, _check_masks),
     Stage("train", lambda r: r.cfg.train, _train, _check_train),
     Stage("isolate", lambda r: r.cfg.isolate, _isolate, _check_isolate),
 )

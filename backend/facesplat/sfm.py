@@ -17,7 +17,9 @@ import pycolmap
 from .config import SfmConfig
 from .core.cameras import CameraFrame, world_to_camera_after_similarity
 from .errors import Cancelled, StageError
+from .head3d import camera_up
 from .stage import StageContext
+from .workspace import frame_name
 
 pycolmap.logging.minloglevel = 2  # COLMAP's INFO/WARNING flood; progress goes through events
 
@@ -34,10 +36,11 @@ class SfmResult:
     summary: dict  # for report.json
 
 
-def reconstruct(frames: list[dict], masks: list[dict], frames_dir: Path, work_dir: Path, cfg: SfmConfig,
+def reconstruct(frames: list[dict], faces: list[dict], frames_dir: Path, work_dir: Path, cfg: SfmConfig,
                 ctx: StageContext) -> SfmResult:
     """Register `frames` (images in `frames_dir`) with pycolmap, working in the empty folder
-    `work_dir` (COLMAP's database, and the kept model in `work_dir/model`)."""
+    `work_dir` (COLMAP's database, and the kept model in `work_dir/model`). `faces` (the faces
+    stage's records, possibly without a single face) only orient the head frame."""
     emit = ctx.emit
     n = len(frames)
     database = work_dir / "database.db"
@@ -89,9 +92,10 @@ def reconstruct(frames: list[dict], masks: list[dict], frames_dir: Path, work_di
                          f"{num_registered or 'none'} of {n} frames; {registration_advice(frames)}")
 
     by_name = {Path(f["image"]).name: f for f in frames}
-    mask_by_index = {m["frame_index"]: m for m in masks}
-    cameras, centers, dirs = _cameras_from_model(best, by_name, mask_by_index)
-    frontal = np.array([mask_by_index.get(c.frame_index, {}).get("source") == "frontal" for c in cameras])
+    face_by_index = {f["frame_index"]: f for f in faces}
+    cameras, centers, dirs = _cameras_from_model(best, by_name, face_by_index)
+    frontal = np.array([(face_by_index.get(c.frame_index, {}).get("head") or {}).get("source") == "frontal"
+                        for c in cameras])
     xyz = np.array([p.xyz for p in best.points3D.values()], dtype=np.float64).reshape(-1, 3)
     rgb = np.array([p.color for p in best.points3D.values()], dtype=np.uint8).reshape(-1, 3)
 
@@ -136,8 +140,9 @@ def _raise_if_cancelled(token) -> None:
         raise Cancelled("structure from motion was interrupted; run the same command again to resume")
 
 
-def _cameras_from_model(rec, by_name, mask_by_index):
-    """CameraFrames in COLMAP's frame + per-camera ray towards the head (mask centre) for framing."""
+def _cameras_from_model(rec, by_name, face_by_index):
+    """CameraFrames in COLMAP's frame + per-camera ray towards the head (the face's head ellipse
+    centre where a face was found, else the optical axis) for framing."""
     cameras, centers, dirs = [], [], []
     for image in sorted(rec.images.values(), key=lambda im: im.name):
         if not image.has_pose or image.name not in by_name:
@@ -148,17 +153,16 @@ def _cameras_from_model(rec, by_name, mask_by_index):
         w2c = np.eye(4)
         w2c[:3, :4] = pose.matrix()
         frame = by_name[image.name]
-        mask = mask_by_index.get(frame["frame_index"])
         cf = CameraFrame(
             frame_index=frame["frame_index"], image=frame["image"],
-            mask=mask["mask"] if mask else None,
+            mask=f"masks/{frame_name(frame['frame_index'])}",  # what the masks stage writes for every camera
             width=cam.width, height=cam.height, fx=params[0], fy=params[0], cx=params[1], cy=params[2],
             distortion={"model": cam.model_name, "params": params[3:]},
             world_to_camera=w2c)
         cameras.append(cf)
         centers.append(cf.center)
-        # Ray through the mask centre (falls back to the principal point): points at the head.
-        u, v = mask["center"] if mask else (cf.cx, cf.cy)
+        head = (face_by_index.get(frame["frame_index"]) or {}).get("head")
+        u, v = head["center"] if head else (cf.cx, cf.cy)
         ray_cam = np.array([(u - cf.cx) / cf.fx, (v - cf.cy) / cf.fy, 1.0])
         ray = cf.camera_to_world[:3, :3] @ ray_cam
         dirs.append(ray / np.linalg.norm(ray))
@@ -168,8 +172,9 @@ def _cameras_from_model(rec, by_name, mask_by_index):
 def head_frame_similarity(cameras, centers, dirs, frontal=None):
     """Similarity (s, R, t) mapping COLMAP's frame to a head frame: x' = s R x + t.
 
-    Origin: the point closest (least squares) to all camera rays through the head masks' centres.
-    Up (+Z): the mean of the cameras' up vectors (-y of each OpenCV camera). Front (-Y): from the
+    Origin: the point closest (least squares) to all camera rays towards the head (through the
+    face's head ellipse where one was found, else the optical axis: a capture circles its subject).
+    Up (+Z): from the cameras (head3d.camera_up: orthogonal to their level x axes). Front (-Y): from the
     head towards the cameras that saw the face frontally (`frontal`, bool per camera; all cameras
     when none did, which suits an arc in front of the face but not a full circle), so the face
     looks towards -Y as in Blender's front view.
@@ -183,8 +188,7 @@ def head_frame_similarity(cameras, centers, dirs, frontal=None):
         A += P
         b += P @ c
     head = np.linalg.lstsq(A, b, rcond=None)[0]
-    up = -np.mean([cam.camera_to_world[:3, 1] for cam in cameras], axis=0)
-    up /= np.linalg.norm(up)
+    up = camera_up(cameras)
     facing = centers[frontal] if frontal is not None and np.any(frontal) else centers
     front = np.mean(facing, axis=0) - head
     front -= up * (front @ up)

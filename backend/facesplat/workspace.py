@@ -5,8 +5,10 @@ Layout (also documented in docs/workspace.md):
     events.jsonl            progress, one JSON object per line (read by the Blender add-on)
     frames/NNNNNN.png       sampled frames; NNNNNN is the 0-based frame index in the source
     frames.json             [{frame_index, image, width, height, sharpness}]
+    faces.json              per frame: the face a detector found (or null) and its head ellipse
+    head_volume.json        the head's ellipsoid in the world frame: centre, axes, what placed and sized it
     masks/NNNNNN.png        soft head masks (uint8, 255 = head), same names as frames/
-    masks.json              per frame: detected or interpolated, ellipse parameters
+    masks.json              per registered frame: the projected head ellipse, silhouette or ellipse
     sfm/                    COLMAP database and the kept sparse model (binary)
     cameras.json            registered frames: intrinsics + world_to_camera (OpenCV)
     points.npz              sparse points in the same world frame: xyz [P,3], rgb [P,3] uint8
@@ -133,7 +135,9 @@ class Workspace:
     events = property(lambda self: self.root / "events.jsonl")
     frames_dir = property(lambda self: self.root / "frames")
     frames_json = property(lambda self: self.root / "frames.json")
+    faces_json = property(lambda self: self.root / "faces.json")
     masks_dir = property(lambda self: self.root / "masks")
+    head_volume_json = property(lambda self: self.root / "head_volume.json")
     masks_json = property(lambda self: self.root / "masks.json")
     sfm_dir = property(lambda self: self.root / "sfm")
     cameras_json = property(lambda self: self.root / "cameras.json")
@@ -151,13 +155,6 @@ class Workspace:
 
     def frame_name(self, frame_index: int) -> str:
         return frame_name(frame_index)
-
-    def own_files(self) -> set[Path]:
-        """Every path a run may write here (so `check` can tell ours from strays)."""
-        return {self.marker_file, self.lock_file, self.events, self.frames_dir, self.frames_json, self.masks_dir,
-                self.masks_json, self.sfm_dir, self.cameras_json, self.points_npz, self.scene_ply,
-                self.isolation_npz, self.head_ply, self.isolations_dir, self.report_json, self.preview_png,
-                self.root / "stages"}
 
     def fresh_dir(self, path: Path) -> Path:
         """Empty `path` (a folder of this workspace that one stage owns) for a stage re-run."""

@@ -182,5 +182,5 @@ def test_ctrl_c_leaves_a_resumable_workspace(tmp_path, capture_dir):
     events, _ = read_events(ws / "events.jsonl")
     assert events[-1]["stage"] == "error"
     done = {p.name for p in (ws / "stages").iterdir()}
-    assert done == {"frames.done.json", "masks.done.json", "sfm.done.json"}
+    assert done == {"frames.done.json", "faces.done.json", "sfm.done.json", "masks.done.json"}
     assert not (tmp_path / "h.ply").exists() and not (ws / "scene.ply").exists()

@@ -11,7 +11,9 @@ from facesplat.core.cameras import CameraFrame, project_points
 from facesplat.errors import StageError
 from facesplat.head3d import (HeadVolume, convergence_point, estimate_head_volume, optical_axes,
                               project_ellipsoid, triangulate_faces)
-from facesplat.masks import HeadEllipse, masks_from_head_volume
+from facesplat.faces import HeadEllipse
+from facesplat.masks import masks_from_head_volume
+from facesplat.stage import StageContext
 from facesplat.workspace import Workspace
 
 HEAD = np.array([0.1, -0.2, 0.3])  # the synthetic head's centre, away from the origin on purpose
@@ -139,12 +141,13 @@ def test_faces_are_triangulated_despite_a_wrong_view():
 
 
 def test_masks_from_the_head_volume(tmp_path):
-    ws = Workspace(tmp_path / "ws")
+    ws = Workspace(tmp_path / "ws").prepare()
     cameras = orbit(n=4)
     cameras[3] = look_at(HEAD + [0, -0.6, 0], HEAD + [0, -1.2, 0])  # looks away from the head
     cameras[3].frame_index, cameras[3].image = 3, "frames/000003.png"
     volume = HeadVolume(HEAD, np.eye(3), HEAD_AXES, "cameras", "points")
-    records = masks_from_head_volume(cameras, volume, ws, MaskConfig(refine=False))
+    records = masks_from_head_volume(cameras, volume, ws.root, ws.fresh_dir(ws.masks_dir), MaskConfig(refine=False),
+                                     StageContext())
     assert [r["source"] for r in records] == ["projected"] * 4
     assert [r["shape"] for r in records] == ["ellipse"] * 3 + ["empty"]
     for cam, record in zip(cameras[:3], records):

@@ -71,7 +71,7 @@ def test_run_writes_a_head_and_a_complete_workspace(finished_run, capture_dir):
                 "mean_reprojection_error_px", "gaussians_before_isolation", "gaussians_after_isolation",
                 "final_loss", "psnr_in_mask_db"):
         assert key in report, key
-    assert set(report["stage_seconds"]) == {"frames", "masks", "sfm", "train", "isolate"}
+    assert set(report["stage_seconds"]) == {"frames", "faces", "sfm", "masks", "train", "isolate"}
     assert report["mean_reprojection_error_px"] < 2.0
     assert report["psnr_in_mask_db"] > 15
     events = stage_events(ws)
@@ -101,7 +101,7 @@ def test_rerun_resumes_every_finished_stage(finished_run, capture_dir):
     assert result.returncode == 0, result.stderr[-2000:]
     new = events_after(ws, size)
     reused = {e["stage"] for e in new if "already done" in e["message"]}
-    assert reused == {"frames", "masks", "sfm", "train", "isolate"}
+    assert reused == {"frames", "faces", "sfm", "masks", "train", "isolate"}
     assert {p.name: p.stat().st_mtime_ns for p in (ws / "stages").iterdir()} == before
 
 
@@ -122,7 +122,7 @@ def test_isolate_with_another_threshold_changes_head_without_rendering(finished_
 def test_isolation_that_keeps_nothing_is_a_clean_error(finished_run):
     out, ws, _, _ = finished_run
     before = (ws / "head.ply").read_bytes()
-    result = run_cli("isolate", "--workspace", ws, "--output", out / "none.ply", "--min-opacity", "0.999999")
+    result = run_cli("isolate", "--workspace", ws, "--output", out / "none.ply", "--min-opacity", "0.9999")
     assert result.returncode == 3, result.stderr
     assert "kept none" in result.stderr and "Traceback" not in result.stderr
     assert not (out / "none.ply").exists() and (ws / "head.ply").read_bytes() == before
@@ -136,5 +136,5 @@ def test_changed_training_parameter_reuses_earlier_stages(finished_run, capture_
     assert result.returncode == 0, result.stderr[-2000:]
     new = events_after(ws, size)
     reused = {e["stage"] for e in new if "already done" in e["message"]}
-    assert reused == {"frames", "masks", "sfm"}
+    assert reused == {"frames", "faces", "sfm", "masks"}
     assert any(e["stage"] == "train" and "step 40/40" in e["message"] for e in new)

@@ -126,7 +126,7 @@ def test_reisolation_marks_its_stage_and_keeps_every_isolation(finished, tmp_pat
 def test_truncated_scene_ply_is_a_one_line_error(finished, tmp_path):
     ws = copy_workspace(finished[2], tmp_path)
     os.truncate(ws / "scene.ply", 100_000)
-    result = run_cli("isolate", "--workspace", ws, "--output", tmp_path / "h.ply")
+    result = run_cli("isolate", "--workspace", ws, "--output", tmp_path / "h.ply", "--threshold", "0.5")
     assert_clean_failure(result, 3, "scene.ply")
     check = run_cli("check", "--workspace", ws)
     assert check.returncode == 3 and "DAMAGED" in check.stdout and "Traceback" not in check.stderr
@@ -136,7 +136,7 @@ def test_broken_cameras_json_is_a_one_line_error(finished, tmp_path):
     ws = copy_workspace(finished[2], tmp_path)
     (ws / "isolation.npz").unlink()  # so isolation has to read the cameras
     (ws / "cameras.json").write_text('{"bad":')
-    result = run_cli("isolate", "--workspace", ws, "--output", tmp_path / "h.ply")
+    result = run_cli("isolate", "--workspace", ws, "--output", tmp_path / "h.ply", "--threshold", "0.5")
     assert_clean_failure(result, 3, "cameras.json")
     assert not (tmp_path / "h.ply").exists()
 
@@ -154,7 +154,7 @@ def test_a_second_run_on_a_workspace_in_use_is_refused(finished, tmp_path):
     video, _, original = finished
     ws = copy_workspace(original, tmp_path)
     events_before = (ws / "events.jsonl").read_bytes()
-    with open(ws / ".lock", "a+") as lock:  # what a running facesplat holds
+    with open(ws / ".lock", "w") as lock:  # what a running facesplat holds
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         lock.write("4242\n")
         lock.flush()
@@ -184,7 +184,7 @@ def test_output_inside_the_image_folder_does_not_rerun_the_stages(finished, tmp_
     assert first.returncode == 0, first.stderr[-2000:]
     again = run_cli(*args, "--threshold", "0.2")
     assert again.returncode == 0, again.stderr[-2000:]
-    for stage in ("frames", "masks", "sfm", "train"):
+    for stage in ("frames", "faces", "sfm", "masks", "train"):
         assert f"{stage}: already done" in again.stderr
 
 
@@ -210,7 +210,7 @@ def test_sigkill_during_training_then_the_same_command_resumes(finished, capture
     assert "a run resumes at: train" in check.stdout
     result = run_cli(*args[:-8], *S)  # the same capture, a short training this time
     assert result.returncode == 0, result.stderr[-2000:]
-    assert all(f"{s}: already done" in result.stderr for s in ("frames", "masks", "sfm"))
+    assert all(f"{s}: already done" in result.stderr for s in ("frames", "faces", "sfm", "masks"))
     assert run_cli("check", "--workspace", ws).returncode == 0
 
 

@@ -26,15 +26,28 @@ from facesplat.workspace import Workspace
 
 # --- configuration --------------------------------------------------------------------------
 
+def knobs(part, prefix=""):
+    """(name, dataclass holding it, field) for every knob, nested dataclasses included."""
+    for f in dataclasses.fields(part):
+        value = getattr(part, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from ((name, holder, g) for name, holder, g in knobs(value, f"{prefix}{f.name}."))
+        else:
+            yield f"{prefix}{f.name}", part, f
+
+
 def test_every_knob_changes_its_stage_hash():
+    from facesplat.core.config import SECTIONS
+
     base = Config()
-    for section in ("frames", "masks", "sfm", "train", "isolate"):
+    for section in SECTIONS:
         part = getattr(base, section)
-        for f in dataclasses.fields(part):
-            value = getattr(part, f.name)
-            changed = (not value) if isinstance(value, bool) else value * 2 + 1
-            other = dataclasses.replace(part, **{f.name: type(value)(changed)})
-            assert config_hash(other) != config_hash(part), f"{section}.{f.name}"
+        for name, holder, f in knobs(part):
+            before = config_hash(part)
+            value = getattr(holder, f.name)
+            setattr(holder, f.name, type(value)((not value) if isinstance(value, bool) else value * 2 + 1))
+            assert config_hash(part) != before, f"{section}.{name}"
+            setattr(holder, f.name, value)
 
 
 def test_parser_is_built_from_the_schema_with_its_defaults():
@@ -69,20 +82,20 @@ def test_a_changed_knob_reruns_its_stage_and_the_later_ones(tmp_path, monkeypatc
     calls = []
     stages = [pipeline.Stage(name, (lambda part: lambda r: getattr(r.cfg, part))(part),
                              (lambda name: lambda r: calls.append(name) or {})(name), lambda r: "")
-              for name, part in (("frames", "frames"), ("masks", "masks"), ("sfm", "sfm"), ("train", "train"),
-                                 ("isolate", "isolate"))]
+              for name, part in (("frames", "frames"), ("faces", "faces"), ("sfm", "sfm"), ("masks", "masks"),
+                                 ("train", "train"), ("isolate", "isolate"))]
     ws = Workspace(tmp_path / "ws").prepare()
     cfg = Config()
     run = pipeline.Run(ws, cfg, StageContext())
     pipeline.run_stages(run, stages)
-    assert calls == ["frames", "masks", "sfm", "train", "isolate"]
+    assert calls == ["frames", "faces", "sfm", "masks", "train", "isolate"]
     calls.clear()
     pipeline.run_stages(run, stages)
     assert calls == []
     cfg.train.num_iters = 10
     pipeline.run_stages(run, stages)
     assert calls == ["train", "isolate"]
-    assert set(ws.read_report()["stage_seconds"]) == {"frames", "masks", "sfm", "train", "isolate"}
+    assert set(ws.read_report()["stage_seconds"]) == {"frames", "faces", "sfm", "masks", "train", "isolate"}
 
 
 # --- device ----------------------------------------------------------------------------------

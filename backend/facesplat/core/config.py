@@ -32,16 +32,57 @@ class FramesConfig:
 
 
 @dataclass
-class MaskConfig:
-    expansion: float = knob(1.6, "head ellipse size relative to the detected face box (hair, ears, neck)")
-    blur_fraction: float = knob(0.15, "soft edge: blur sigma as a fraction of the ellipse's minor axis")
+class FacesConfig:
     min_face_fraction: float = knob(0.12, "smallest face to detect, as a fraction of the frame height")
-    min_frames_with_face: float = knob(
-        0.15, "stop when the face is found in fewer than this fraction of the frames: masks placed by "
-              "interpolating across most of a capture miss the head")
+    expansion: float = knob(1.6, "head ellipse size relative to the detected face box (hair, ears, neck)")
+
+
+@dataclass
+class HeadVolumeConfig:
+    min_axis_spread: float = 0.01
+    """Smallest eigenvalue of the optical axes' normal matrix per camera (the mean squared sine
+    of the axes' angle to its weakest direction): below it the axes are nearly parallel (a
+    walk-by, a pan) and fix no point. 0.01 is about +-6 degrees of spread."""
+    max_axis_miss: float = 0.4
+    """The cameras' axes must pass their convergence point this close: RMS sine of the angle
+    between a camera's axis and its direction to the point (0.4: 24 degrees). Farther, they do
+    not look at one subject."""
+    min_level_spread: float = 0.03
+    """The cameras' x axes must turn this much (second eigenvalue of their scatter: the mean
+    squared sine of their angle to their mean, 0.03 is about +-10 degrees) to fix up as the
+    direction orthogonal to them all."""
+    face_inlier_tolerance: float = 0.5
+    """A face view agrees with a triangulated head centre when the centre reprojects within
+    this many of its head ellipse's vertical semi-axes of the ellipse's centre."""
+    default_radius: float = 0.25
+    """Head radius, in units of the median camera distance, when neither faces nor points size
+    the head (a phone at arm's length: 0.5 m away, a head about 0.12 m in radius)."""
+    search_radius: float = 2.0
+    """Sparse points within this many prior head radii of the centre may belong to the head."""
+    cluster_eps: float = 0.5
+    """DBSCAN neighbourhood, in prior head radii: the head's points chain together, the
+    background's sit apart."""
+    cluster_min_points: int = 5
+    """DBSCAN core-point count."""
+    min_head_points: int = 30
+    """Fewer points than this in the head's cluster: too few to size it; use faces or the default."""
+    extent_quantile: float = 0.02
+    """The head's box spans these quantiles of its points along each axis (both ends), so stray
+    points do not blow it up."""
+    margin: float = 1.3
+    """The ellipsoid's semi-axes are the points' half-extents times this (an ellipsoid through the
+    box's face centres misses its corners, smooth skin and stone carry few points; GrabCut
+    trims what is background: on the rendered orbit 1.3 kept precision 0.95, 1.5 fell to 0.86)."""
+
+
+
+@dataclass
+class MaskConfig:
+    head: HeadVolumeConfig = field(default_factory=HeadVolumeConfig)
+    blur_fraction: float = knob(0.15, "soft edge: blur sigma as a fraction of the ellipse's minor axis")
     refine: bool = knob(
-        True, "keep the plain head ellipses instead of cutting them to the head's silhouette by colour "
-              "(try it when head.ply misses hair or ears that match the background's colour)",
+        True, "keep the plain projected head ellipses instead of cutting them to the head's silhouette by "
+              "colour (try it when head.ply misses hair or ears that match the background's colour)",
         flag="--ellipse-masks", invert=True)
     refine_margin: float = knob(0.02, "grow the silhouette by this fraction of the ellipse's minor axis")
 
@@ -90,7 +131,7 @@ class IsolateConfig:
     threshold: float = knob(
         0.3, "keep Gaussians inside the head mask in more than this fraction of the views that see them",
         flag="--threshold", lo=0.0, hi=0.99, commands=("run", "isolate"))
-    min_opacity: float = knob(0.05, "...and more opaque than this", flag="--min-opacity", lo=0.0, hi=0.99,
+    min_opacity: float = knob(0.05, "...and more opaque than this", flag="--min-opacity", lo=0.0, hi=0.9999,
                               commands=("run", "isolate"))
     hull_fraction: float = knob(
         0.7, "...and whose centre projects onto the head mask in more than this fraction of all views "
@@ -105,15 +146,16 @@ DEVICES = ("auto", "cuda", "cpu", "mps")
 @dataclass
 class Config:
     frames: FramesConfig = field(default_factory=FramesConfig)
-    masks: MaskConfig = field(default_factory=MaskConfig)
+    faces: FacesConfig = field(default_factory=FacesConfig)
     sfm: SfmConfig = field(default_factory=SfmConfig)
+    masks: MaskConfig = field(default_factory=MaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     isolate: IsolateConfig = field(default_factory=IsolateConfig)
     device: str = knob("auto", "compute device: auto picks CUDA when present, else the CPU",
                        flag="--device", choices=DEVICES, commands=("run", "isolate"))
 
 
-SECTIONS = ("frames", "masks", "sfm", "train", "isolate")
+SECTIONS = ("frames", "faces", "sfm", "masks", "train", "isolate")  # in pipeline order
 
 # Named starting points; flags given on the command line override them.
 PRESETS = {

@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-STAGES = ("frames", "masks", "sfm", "train", "isolate")  # in pipeline order
+STAGES = ("frames", "faces", "sfm", "masks", "train", "isolate")  # in pipeline order
 TERMINAL_STAGES = ("done", "error")
 
 
