@@ -80,6 +80,7 @@ BAD_FRAMES = {
     "negative_frame_index": ({"frame_index": -1}, "frame_index is -1, expected a non-negative integer"),
     "string_frame_index": ({"frame_index": "3"}, r"frames\[1\]: frame_index is \"3\""),
     "image_null": ({"image": None}, "image is null, expected a file name"),
+    "image_number": ({"image": 12}, "image is 12, expected a file name"),
     "mask_number": ({"mask": 7}, "mask is 7, expected a file name or null"),
     "matrix_3x4": ({"world_to_camera": np.eye(4)[:3].tolist()}, "world_to_camera is .*expected a 4x4 matrix"),
     "matrix_flat": ({"world_to_camera": list(range(16))}, "expected a 4x4 matrix"),

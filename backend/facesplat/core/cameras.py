@@ -157,7 +157,7 @@ def _frame_from_json(entry, where: str) -> CameraFrame:
         if number is None or (key in ("fx", "fy") and number <= 0):
             raise bad(key, "a positive number (pixels)" if key in ("fx", "fy") else "a finite number (pixels)")
         values[key] = number
-    if not isinstance(entry["image"], str) or not entry["image"]:
+    if not isinstance(entry["image"], str):  # "" is a camera without an image
         raise bad("image", "a file name")
     mask = entry.get("mask")
     if mask is not None and not isinstance(mask, str):
