@@ -1,6 +1,7 @@
 """core.cameras: cameras.json round trip, projection, and the OpenCV <-> Blender conversions."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "backend"))
 
-from facesplat.core.cameras import (CameraFrame, blender_c2w_to_opencv_w2c, blender_camera_intrinsics,  # noqa: E402
+from facesplat.core.cameras import (CameraFrame, CamerasFormatError, blender_c2w_to_opencv_w2c, blender_camera_intrinsics,  # noqa: E402
                                     opencv_w2c_to_blender_c2w, project_points, read_cameras_json,
                                     world_to_camera_after_similarity, write_cameras_json)
 
@@ -46,14 +47,92 @@ def test_json_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("not json", "not valid JSON"),
+    ("not json", r"is not valid JSON \(Expecting value at line 1, column 1\)"),
+    ('{"bad":', r"is not valid JSON \(Expecting value at line 1, column 8\); the file is truncated"),
+    ("\udcff", "not valid JSON"),
+    ("[" * 100000 + "]" * 100000, "not valid JSON"),
     ('{"frames": []}', "not a FaceSplat cameras.json"),
-    ('{"convention": "opencv", "frames": [{"frame_index": 1}]}', "malformed"),
+    ('{"convention": "opencv", "frames": {}}', "not a FaceSplat cameras.json"),
+    ('{"convention": "opencv", "frames": [{"frame_index": 1}]}',
+     r"frames\[0\] \(frame_index 1\) lacks image, width, height, fx, fy, cx, cy, world_to_camera"),
 ])
 def test_bad_cameras_json(tmp_path, text, message):
-    (tmp_path / "c.json").write_text(text)
-    with pytest.raises(ValueError, match=message):
+    (tmp_path / "c.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(CamerasFormatError, match=message) as info:
         read_cameras_json(tmp_path / "c.json")
+    assert len(str(info.value).splitlines()) == 1 and str(tmp_path / "c.json") in str(info.value)
+
+
+def good_frame_json() -> dict:
+    return frame(mask="masks/000003.png", distortion={"model": "SIMPLE_RADIAL", "params": [0.01]}).to_json()
+
+
+BAD_FRAMES = {
+    "string_fx": ({"fx": "abc"}, r"frames\[1\] \(frame_index 3\): fx is \"abc\", expected a positive number"),
+    "zero_fy": ({"fy": 0}, "fy is 0, expected a positive number"),
+    "nan_cx": ({"cx": float("nan")}, "cx is NaN, expected a finite number"),
+    "inf_cy": ({"cy": float("inf")}, "cy is Infinity, expected a finite number"),
+    "bool_width": ({"width": True}, "width is true, expected a positive integer"),
+    "zero_width": ({"width": 0}, "width is 0, expected a positive integer"),
+    "negative_height": ({"height": -360}, "height is -360, expected a positive integer"),
+    "fractional_width": ({"width": 640.5}, "width is 640.5"),
+    "huge_int_fx": ({"fx": 10 ** 400}, "fx is 1000.*, expected a positive number"),
+    "negative_frame_index": ({"frame_index": -1}, "frame_index is -1, expected a non-negative integer"),
+    "string_frame_index": ({"frame_index": "3"}, r"frames\[1\]: frame_index is \"3\""),
+    "image_null": ({"image": None}, "image is null, expected a file name"),
+    "image_number": ({"image": 12}, "image is 12, expected a file name"),
+    "mask_number": ({"mask": 7}, "mask is 7, expected a file name or null"),
+    "matrix_3x4": ({"world_to_camera": np.eye(4)[:3].tolist()}, "world_to_camera is .*expected a 4x4 matrix"),
+    "matrix_flat": ({"world_to_camera": list(range(16))}, "expected a 4x4 matrix"),
+    "matrix_string": ({"world_to_camera": "eye"}, "expected a 4x4 matrix"),
+    "matrix_nan": ({"world_to_camera": [[float("nan")] * 4] * 4}, "expected a 4x4 matrix of finite numbers"),
+    "matrix_singular": ({"world_to_camera": np.diag([1.0, 1.0, 0.0, 1.0]).tolist()}, "expected a camera pose"),
+    "matrix_projective": ({"world_to_camera": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 1]]},
+                          "last row 0 0 0 1"),
+    "distortion_list": ({"distortion": [0.1]}, r"distortion is \[0.1\], expected"),
+    "distortion_string_param": ({"distortion": {"model": "RADIAL", "params": ["a"]}}, "distortion is"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FRAMES))
+def test_bad_frame_entries_name_the_frame_and_field(tmp_path, case):
+    change, message = BAD_FRAMES[case]
+    doc = {"convention": "opencv", "frames": [good_frame_json(), {**good_frame_json(), **change}]}
+    (tmp_path / "c.json").write_text(json.dumps(doc))
+    with pytest.raises(CamerasFormatError, match=message) as info:
+        read_cameras_json(tmp_path / "c.json")
+    assert len(str(info.value).splitlines()) == 1 and "run the sfm stage again" in str(info.value)
+
+
+@pytest.mark.parametrize("entry, message", [
+    (None, r"frames\[1\] is null, expected an object"),
+    (7, r"frames\[1\] is 7, expected an object"),
+    ([1, 2], r"frames\[1\] is \[1, 2\], expected an object"),
+])
+def test_a_frame_that_is_not_an_object(tmp_path, entry, message):
+    (tmp_path / "c.json").write_text(json.dumps({"convention": "opencv", "frames": [good_frame_json(), entry]}))
+    with pytest.raises(CamerasFormatError, match=message):
+        read_cameras_json(tmp_path / "c.json")
+
+
+def test_missing_and_non_regular_files(tmp_path):
+    with pytest.raises(CamerasFormatError, match="cannot read"):
+        read_cameras_json(tmp_path / "nope.json")
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.json")
+        with pytest.raises(CamerasFormatError, match="not a regular file"):
+            read_cameras_json(tmp_path / "pipe.json")
+
+
+def test_optional_fields_may_be_absent_and_integral_floats_are_accepted(tmp_path):
+    entry = good_frame_json()
+    del entry["mask"], entry["distortion"]
+    entry["width"] = 640.0
+    (tmp_path / "c.json").write_text(json.dumps({"convention": "opencv", "frames": [entry]}))
+    (back,) = read_cameras_json(tmp_path / "c.json")
+    assert back.mask is None and back.distortion == {"model": "PINHOLE", "params": []}
+    assert back.width == 640 and isinstance(back.width, int)
+    assert issubclass(CamerasFormatError, ValueError)
 
 
 def test_projection_of_the_target_and_of_an_offset_point():

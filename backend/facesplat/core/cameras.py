@@ -19,6 +19,8 @@ World units are those of the PLY files written by the same run.
 from __future__ import annotations
 
 import json
+import math
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -107,21 +109,99 @@ def blender_c2w_to_opencv_w2c(c2w: np.ndarray) -> np.ndarray:
     return np.linalg.inv(np.asarray(c2w, dtype=np.float64) @ _FLIP_YZ)
 
 
+class CamerasFormatError(ValueError):
+    """cameras.json cannot be read or is not what FaceSplat writes. The message is one line: the
+    file, the frame (position in `frames` and frame_index) and field, what is wrong, then advice."""
+
+
+_ADVICE = "the file is corrupt or was edited: run the sfm stage again to rewrite it"
+_FRAME_KEYS = ("frame_index", "image", "width", "height", "fx", "fy", "cx", "cy", "world_to_camera")
+
+
+def _show_json(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _number(value) -> float | None:
+    """The value as a finite float, or None (bools, strings, NaN, inf, ints too large for a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _frame_from_json(entry, where: str) -> CameraFrame:
+    if not isinstance(entry, dict):
+        raise CamerasFormatError(f"{where} is {_show_json(entry)}, expected an object with the camera; {_ADVICE}")
+    if isinstance(entry.get("frame_index"), int) and not isinstance(entry["frame_index"], bool):
+        where += f" (frame_index {entry['frame_index']})"
+    missing = [key for key in _FRAME_KEYS if key not in entry]
+    if missing:
+        raise CamerasFormatError(f"{where} lacks {', '.join(missing)}; {_ADVICE}")
+
+    def bad(key, expected):
+        return CamerasFormatError(f"{where}: {key} is {_show_json(entry[key])}, expected {expected}; {_ADVICE}")
+
+    values = {}
+    for key in ("frame_index", "width", "height"):
+        number = _number(entry[key])
+        if number is None or number != int(number) or number < (0 if key == "frame_index" else 1):
+            raise bad(key, "a non-negative integer" if key == "frame_index" else "a positive integer (pixels)")
+        values[key] = int(number)
+    for key in ("fx", "fy", "cx", "cy"):
+        number = _number(entry[key])
+        if number is None or (key in ("fx", "fy") and number <= 0):
+            raise bad(key, "a positive number (pixels)" if key in ("fx", "fy") else "a finite number (pixels)")
+        values[key] = number
+    if not isinstance(entry["image"], str):  # "" is a camera without an image
+        raise bad("image", "a file name")
+    mask = entry.get("mask")
+    if mask is not None and not isinstance(mask, str):
+        raise bad("mask", "a file name or null")
+    matrix = entry["world_to_camera"]
+    rows = matrix if isinstance(matrix, list) and len(matrix) == 4 else []
+    numbers = [[_number(v) for v in row] for row in rows if isinstance(row, list) and len(row) == 4]
+    if len(numbers) != 4 or any(v is None for row in numbers for v in row):
+        raise bad("world_to_camera", "a 4x4 matrix of finite numbers")
+    w2c = np.array(numbers)
+    # A camera pose: rigid (or similarity) transform, so the last row is 0 0 0 1 and it inverts.
+    if not np.allclose(w2c[3], [0, 0, 0, 1], atol=1e-6) or abs(np.linalg.det(w2c[:3, :3])) < 1e-12:
+        raise bad("world_to_camera", "a camera pose (an invertible matrix with last row 0 0 0 1)")
+    distortion = entry.get("distortion", {"model": "PINHOLE", "params": []})
+    if (not isinstance(distortion, dict) or not isinstance(distortion.get("model"), str)
+            or not isinstance(distortion.get("params", []), list)
+            or any(_number(v) is None for v in distortion.get("params", []))):
+        raise bad("distortion", '{"model": NAME, "params": [finite numbers]}')
+    return CameraFrame(image=entry["image"], world_to_camera=w2c, mask=mask,
+                       distortion={"model": distortion["model"], "params": list(distortion.get("params", []))},
+                       **values)
+
+
 def read_cameras_json(path) -> list[CameraFrame]:
+    """Read cameras.json. Raises CamerasFormatError (a ValueError, one line) for a file that cannot
+    be read or parsed, or any frame entry of the wrong shape or type."""
     path = Path(path)
     try:
-        doc = json.loads(path.read_text())
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block
+            raise CamerasFormatError(f"{path} is not a regular file; give the path of a cameras.json")
+        text = path.read_bytes()
     except OSError as e:
-        raise ValueError(f"cannot read {path}: {e.strerror}") from None
-    except ValueError:
-        raise ValueError(f"{path} is not valid JSON") from None
-    if not isinstance(doc, dict) or doc.get("convention") != "opencv" or not isinstance(doc.get("frames"), list):
-        raise ValueError(f"{path} is not a FaceSplat cameras.json (expected convention 'opencv' and a frames list)")
-    names = set(CameraFrame.__dataclass_fields__)
+        raise CamerasFormatError(f"cannot read {path}: {e.strerror}") from None
     try:
-        return [CameraFrame(**{k: v for k, v in f.items() if k in names}) for f in doc["frames"]]
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: a frame entry is malformed ({e})") from None
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CamerasFormatError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
+                                 f"the file is truncated or corrupt: run the sfm stage again to rewrite it") from None
+    except (ValueError, RecursionError):  # not UTF-8 text, or nested beyond the parser's stack
+        raise CamerasFormatError(f"{path} is not valid JSON text; {_ADVICE}") from None
+    if not isinstance(doc, dict) or doc.get("convention") != "opencv" or not isinstance(doc.get("frames"), list):
+        raise CamerasFormatError(f"{path} is not a FaceSplat cameras.json (expected convention 'opencv' and a "
+                                 f"frames list); give the cameras.json of a FaceSplat workspace")
+    return [_frame_from_json(entry, f"{path}: frames[{i}]") for i, entry in enumerate(doc["frames"])]
 
 
 def write_cameras_json(path, frames: list[CameraFrame], **extra) -> Path:

@@ -1,6 +1,7 @@
 """Read and write 3D Gaussian splat PLY files in the Inria layout (SH degree 0-3).
 
-Layout (binary little-endian, one `vertex` element, float32 properties, this order):
+Layout (binary little-endian, one `vertex` element, float32 properties; written in this order,
+read by name in any order):
     x y z nx ny nz f_dc_0..2 f_rest_0..f_rest_{3K-1} opacity scale_0..2 rot_0..3
 `opacity` is a logit, `scale_*` are log scales, `rot_*` is a quaternion w,x,y,z (not necessarily
 normalised), and f_rest is channel-major: all K coefficients of R, then G, then B.
@@ -9,7 +10,10 @@ Values are stored raw, so reading and writing a file reproduces it exactly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import re
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +22,13 @@ from .files import atomic_write_bytes
 
 # A header larger than this is not a splat file (guards against reading a huge text file).
 MAX_HEADER_BYTES = 64 * 1024
-_PLY_TYPES = {
+# Vertex data is read and checked this many bytes at a time: memory follows what was read.
+READ_CHUNK_BYTES = 64 * 1024 * 1024
+_TYPE_CODES = {word.encode(): code for word, code in {
     "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
     "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
     "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
-}
+}.items()}
 REQUIRED = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
             "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
 
@@ -148,100 +154,238 @@ def write_splat_ply(path, splats: Splats) -> Path:
     return path
 
 
-def _parse_header(f, path):
-    first = f.readline(16)
-    if first.rstrip(b"\r\n") != b"ply":
+@dataclass
+class _Element:
+    """One `element` of a PLY header with its properties (name, type word, numpy code); a list
+    property has code None and its count's type in `list_counts`."""
+
+    name: str
+    count: int
+    properties: list = field(default_factory=list)
+    list_counts: list = field(default_factory=list)
+
+    @property
+    def min_row_bytes(self) -> int:
+        """Bytes per row: exact without list properties, a lower bound (empty lists) with them."""
+        return (sum(np.dtype(code).itemsize for _, _, code in self.properties if code)
+                + sum(np.dtype(code).itemsize for code in self.list_counts))
+
+
+def _show(raw: bytes) -> str:
+    """A header fragment quoted for a one-line message (control and non-ASCII bytes escaped)."""
+    return "'" + repr(bytes(raw[:80]))[2:-1] + "'"
+
+
+def _read_header(f, path) -> tuple[list[_Element], int]:
+    """The elements the header declares, and the offset where the data begins."""
+    head = f.read(MAX_HEADER_BYTES)
+    if not (head.startswith(b"ply\n") or head.startswith(b"ply\r\n")):
         raise PlyFormatError(f"{path} is not a PLY file (it does not start with 'ply')")
-    fmt, vertex_count, props, elements_before = None, None, [], 0
-    current = None
-    size = len(first)
-    while True:
-        line = f.readline(1024)
-        size += len(line)
-        if not line or size > MAX_HEADER_BYTES:
-            raise PlyFormatError(f"{path}: the PLY header has no end_header; the file is truncated or not a PLY")
-        words = line.decode("ascii", "replace").split()
-        if not words or words[0] in ("comment", "obj_info"):
+    lines = head.split(b"\n")
+    elements: list[_Element] = []
+    fmt_seen = False
+    offset = 0
+    for number, raw in enumerate(lines[:-1]):  # the last piece has no newline: not a whole line
+        offset += len(raw) + 1
+        line = raw[:-1] if raw.endswith(b"\r") else raw
+        words = line.split()
+        where = f"{path}: header line {number + 1} {_show(line)}"
+        if number == 0 or (words and words[0] in (b"comment", b"obj_info")):
             continue
-        if words[0] == "end_header":
-            break
-        if words[0] == "format":
-            fmt = words[1] if len(words) > 1 else None
-        elif words[0] == "element":
-            if len(words) != 3 or not words[2].isdigit():
-                raise PlyFormatError(f"{path}: malformed element line {line.strip()!r}")
-            current = words[1]
-            if current == "vertex":
-                vertex_count = int(words[2])
-            elif vertex_count is None and int(words[2]) > 0:
-                elements_before += 1
-        elif words[0] == "property":
-            if current != "vertex":
-                continue
-            if len(words) != 3 or words[1] == "list" or words[1] not in _PLY_TYPES:
-                raise PlyFormatError(f"{path}: unsupported vertex property {line.decode('ascii', 'replace').strip()!r}")
-            props.append((words[2], _PLY_TYPES[words[1]]))
-    return fmt, vertex_count, props, elements_before, f.tell()
+        if words == [b"end_header"]:
+            if not fmt_seen:
+                raise PlyFormatError(f"{path}: the PLY header has no format line; the file is corrupt")
+            return elements, offset
+        if not words:
+            raise PlyFormatError(f"{where} is blank; a PLY header has none: the file is corrupt or was edited")
+        if words[0] == b"format":
+            if fmt_seen or elements:
+                raise PlyFormatError(f"{where}: a second or late format line; the file is corrupt")
+            if len(words) != 3 or words[2] != b"1.0":
+                raise PlyFormatError(f"{where} is malformed (expected 'format binary_little_endian 1.0')")
+            if words[1] != b"binary_little_endian":
+                raise PlyFormatError(f"{path}: format {_show(words[1])} is not supported; 3DGS files are "
+                                     f"binary_little_endian: convert it with the tool that wrote it")
+            fmt_seen = True
+        elif words[0] == b"element":
+            if not fmt_seen:
+                raise PlyFormatError(f"{where} comes before the format line; the file is corrupt")
+            # A count of more than 18 digits describes no real file (and int() refuses 4300+ digits).
+            if len(words) != 3 or not re.fullmatch(rb"[0-9]{1,18}", words[2]):
+                raise PlyFormatError(f"{path}: malformed element line {_show(line)}; the file is corrupt")
+            elements.append(_Element(words[1].decode("latin-1"), int(words[2])))
+        elif words[0] == b"property":
+            if not elements:
+                raise PlyFormatError(f"{where} comes before any element; the file is corrupt")
+            element = elements[-1]
+            if len(words) == 3 and words[1] in _TYPE_CODES:
+                element.properties.append((words[2].decode("latin-1"), words[1].decode(), _TYPE_CODES[words[1]]))
+            elif (len(words) == 5 and words[1] == b"list" and words[2] in _TYPE_CODES
+                  and _TYPE_CODES[words[2]][0] in "iu" and words[3] in _TYPE_CODES):
+                element.properties.append((words[4].decode("latin-1"), "list", None))
+                element.list_counts.append(_TYPE_CODES[words[2]])
+            else:
+                raise PlyFormatError(f"{path}: unsupported {_printable(element.name)} property {_show(line)} "
+                                     f"(unknown type or malformed line); the file is corrupt")
+        else:
+            raise PlyFormatError(f"{where} is not a PLY header line; the file is corrupt")
+    last = lines[-2] if len(lines) > 1 and not lines[-1] else lines[-1]
+    if len(head) < MAX_HEADER_BYTES:
+        raise PlyFormatError(f"{path}: the PLY header is truncated (the file ends after {_show(last.rstrip())}, "
+                             f"before end_header); the file was cut short: copy or export it again")
+    raise PlyFormatError(f"{path}: no end_header in the first {MAX_HEADER_BYTES // 1024} KiB; "
+                         f"this is not a splat PLY (or its header is corrupt)")
+
+
+def _printable(name: str) -> str:
+    """A name from a header, escaped if needed so a message stays on one line."""
+    return name if name.isascii() and name.isprintable() else _show(name.encode("latin-1"))
+
+
+def _names(names: list[str], most: int = 6) -> str:
+    shown = ", ".join(_printable(name) for name in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _vertex_layout(elements: list[_Element], path) -> tuple[_Element, list[str], int]:
+    """The vertex element, the names the splat is read from (in Splats order), and K (SH rest
+    coefficients per channel). Raises PlyFormatError unless the vertex properties form a 3DGS splat."""
+    vertex_at = [i for i, e in enumerate(elements) if e.name == "vertex"]
+    if not vertex_at:
+        raise PlyFormatError(f"{path}: no vertex element; this is not a Gaussian splat file")
+    if len(vertex_at) > 1:
+        raise PlyFormatError(f"{path}: the header has {len(vertex_at)} 'element vertex' lines; a splat file has "
+                             f"one: the file is corrupt or was edited")
+    vertex = elements[vertex_at[0]]
+    if any(e.count for e in elements[:vertex_at[0]]):
+        raise PlyFormatError(f"{path}: elements before 'vertex' are not supported in a splat file")
+    names = [name for name, _, _ in vertex.properties]
+    lists = [name for name, word, _ in vertex.properties if word == "list"]
+    if lists:
+        raise PlyFormatError(f"{path}: unsupported vertex property: list {_names(lists)}; "
+                             f"splat properties are float32 scalars")
+    duplicates = sorted({nm for nm in names if names.count(nm) > 1})
+    if duplicates:
+        raise PlyFormatError(f"{path}: vertex properties declared twice: {_names(duplicates)}; the file is corrupt")
+    missing = [r for r in REQUIRED if r not in names]
+    if missing:
+        raise PlyFormatError(f"{path}: missing properties {_names(missing)}; this is not a 3DGS splat file")
+    rest = [nm for nm in names if nm.startswith("f_rest_")]
+    if not all(nm[7:].isdigit() for nm in rest):
+        raise PlyFormatError(f"{path}: malformed SH property names {_names([nm for nm in rest if not nm[7:].isdigit()])}")
+    rest.sort(key=lambda s: int(s[7:]))
+    if len(rest) not in (0, 9, 24, 45) or rest != [f"f_rest_{i}" for i in range(len(rest))]:
+        raise PlyFormatError(f"{path}: {len(rest)} f_rest properties; expected 0, 9, 24 or 45 (SH degree 0-3)")
+    used = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", *rest, "opacity",
+            "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    # Properties the splat is made of must be float32: another type cannot hold a logit or a log
+    # scale, and reading it as one would give garbage. Others (normals, extras) are only skipped.
+    words = {name: word for name, word, _ in vertex.properties}
+    not_float = [f"{words[nm]} {nm}" for nm in used if words[nm] not in ("float", "float32")]
+    if not_float:
+        raise PlyFormatError(f"{path}: vertex properties not float32: {_names(not_float)}; 3DGS properties are "
+                             f"'property float NAME': the file was written by an incompatible tool or edited")
+    return vertex, used, len(rest) // 3
+
+
+def _check_size(path, vertex: _Element, row_bytes: int, trailing: list[_Element], available: int):
+    """The bytes after the header must be exactly what the header describes (at least, where a
+    trailing element has list properties, whose length only its data tells)."""
+    vertex_bytes = vertex.count * row_bytes
+    if available < vertex_bytes:
+        raise PlyFormatError(f"{path}: the header promises {vertex.count} Gaussians ({vertex_bytes} bytes) but only "
+                             f"{available} bytes follow it; the file is truncated or corrupt: copy or export it again")
+    other = sum(e.count * e.min_row_bytes for e in trailing)
+    exact = not any(e.list_counts for e in trailing)
+    described = f"{vertex.count} Gaussians ({vertex_bytes} bytes)" + (
+        f" and {_names([e.name for e in trailing])} ({other} bytes{'' if exact else ' or more'})" if trailing else "")
+    if available < vertex_bytes + other:
+        raise PlyFormatError(f"{path}: the header describes {described} but only {available} bytes follow it; "
+                             f"the file is truncated or corrupt: copy or export it again")
+    if exact and available > vertex_bytes + other:
+        raise PlyFormatError(f"{path}: {available - vertex_bytes - other} more bytes than the header describes "
+                             f"({described}) follow it; the header does not match the data: the file is corrupt "
+                             f"or was edited, export it again")
+
+
+def _check_values(path, block: np.ndarray, used: list[str], first: int, n: int):
+    """Reject rows that cannot render: non-finite values, or a rotation of all zeros (it cannot be
+    normalised; it is also what a zero-filled hole in a file reads as)."""
+    which = f"{{}} of {n} Gaussians" if len(block) == n else f"{{}} of Gaussians {first + 1}-{first + len(block)} (of {n})"
+    finite = np.isfinite(block)
+    bad = ~finite.all(axis=1)
+    if bad.any():
+        columns = [used[j] for j in np.flatnonzero(~finite.all(axis=0))]
+        raise PlyFormatError(f"{path}: {which.format(int(bad.sum()))} have non-finite values "
+                             f"({_names(columns)}); the file is corrupt: export it again")
+    zero_rotation = ~block[:, -4:].any(axis=1)
+    if zero_rotation.any():
+        raise PlyFormatError(f"{path}: {which.format(int(zero_rotation.sum()))} have an all-zero rotation "
+                             f"(rot_0..rot_3), which cannot be normalised; the file is corrupt: export it again")
+
+
+def _read_vertex_columns(f, path, vertex: _Element, used: list[str]) -> np.ndarray:
+    """[N, len(used)] float32, read and checked READ_CHUNK_BYTES at a time, so memory follows the
+    bytes actually read and checked, never the count a header claims."""
+    dtype = np.dtype([(name, "<" + code) for name, _, code in vertex.properties])
+    all_float = all(code == "f4" for _, _, code in vertex.properties)
+    index = [dtype.names.index(name) for name in used]
+    rows_per_chunk = max(1, READ_CHUNK_BYTES // dtype.itemsize)
+    n, blocks = vertex.count, []
+    for first in range(0, n, rows_per_chunk):
+        count = min(rows_per_chunk, n - first)
+        try:
+            buf = f.read(count * dtype.itemsize)
+        except OSError as e:
+            raise PlyFormatError(f"cannot read {path}: {e.strerror}") from None
+        if len(buf) != count * dtype.itemsize:  # the file shrank while being read
+            raise PlyFormatError(f"{path}: the file ended early while reading; it is truncated or being written")
+        raw = np.frombuffer(buf, dtype=dtype)
+        if all_float:  # the usual file: gather columns from one [rows, P] table (much faster than fields)
+            block = raw.view("<f4").reshape(count, len(dtype))[:, index]
+        else:
+            block = np.stack([raw[name] for name in used], axis=1)
+        del buf, raw
+        _check_values(path, block, used, first, n)
+        blocks.append(block)
+    if not blocks:
+        return np.zeros((0, len(used)), np.float32)
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
 
 
 def read_splat_ply(path) -> Splats:
-    """Read a 3DGS PLY. Raises PlyFormatError (one line) for anything it cannot trust."""
+    """Read a 3DGS PLY whose header exactly describes its data. Raises PlyFormatError (one line:
+    cause, then advice) for anything it cannot trust: a bad or truncated header, data of another
+    size than the header describes, non-float32 splat properties, non-finite values."""
     path = Path(path)
     try:
-        file_size = path.stat().st_size
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
+            raise PlyFormatError(f"{path} is not a regular file; give the path of a .ply file")
         f = open(path, "rb")
     except OSError as e:
         raise PlyFormatError(f"cannot open {path}: {e.strerror}") from None
     with f:
-        fmt, n, props, elements_before, data_start = _parse_header(f, path)
-        if fmt != "binary_little_endian":
-            raise PlyFormatError(f"{path}: format {fmt!r} is not supported; 3DGS files are binary_little_endian")
-        if n is None:
-            raise PlyFormatError(f"{path}: no vertex element; this is not a Gaussian splat file")
-        if elements_before:
-            raise PlyFormatError(f"{path}: elements before 'vertex' are not supported in a splat file")
-        names = [p[0] for p in props]
-        duplicates = sorted({nm for nm in names if names.count(nm) > 1})
-        if duplicates:
-            raise PlyFormatError(f"{path}: vertex properties declared twice: {', '.join(duplicates)}")
-        missing = [r for r in REQUIRED if r not in names]
-        if missing:
-            raise PlyFormatError(f"{path}: missing properties {', '.join(missing)}; this is not a 3DGS splat file")
-        dtype = np.dtype([(name, "<" + t) for name, t in props])
-        expected = n * dtype.itemsize
-        if file_size - data_start < expected:
-            raise PlyFormatError(
-                f"{path}: header promises {n} Gaussians ({expected} bytes) but only "
-                f"{file_size - data_start} bytes follow; the file is truncated or corrupt")
-        data = np.fromfile(f, dtype=dtype, count=n)
-    rest = [nm for nm in names if nm.startswith("f_rest_")]
-    if not all(nm[7:].isdigit() for nm in rest):
-        raise PlyFormatError(f"{path}: malformed SH property names {', '.join(nm for nm in rest if not nm[7:].isdigit())}")
-    rest.sort(key=lambda s: int(s[7:]))
-    if len(rest) not in (0, 9, 24, 45) or rest != [f"f_rest_{i}" for i in range(len(rest))]:
-        raise PlyFormatError(f"{path}: {len(rest)} f_rest properties; expected 0, 9, 24 or 45 (SH degree 0-3)")
-    k = len(rest) // 3
-
-    if all(t == "f4" for _, t in props):
-        # The usual all-float32 file: one [N, P] table gathered row by row (much faster than
-        # stacking strided fields).
-        table = data.view("<f4").reshape(n, len(props))
-        index = {name: i for i, name in enumerate(names)}
-
-        def cols(*keys):
-            return table[:, [index[key] for key in keys]] if keys else np.zeros((n, 0), np.float32)
-    else:
-        def cols(*keys):
-            return np.stack([data[key] for key in keys], axis=1).astype(np.float32) if keys else np.zeros((n, 0), np.float32)
-
-    shN = cols(*rest).reshape(n, 3, k).transpose(0, 2, 1) if k else np.zeros((n, 0, 3), np.float32)
+        try:
+            elements, data_start = _read_header(f, path)
+            file_size = os.fstat(f.fileno()).st_size
+            f.seek(data_start)
+        except OSError as e:
+            raise PlyFormatError(f"cannot read {path}: {e.strerror}") from None
+        vertex, used, k = _vertex_layout(elements, path)
+        row_bytes = sum(np.dtype(code).itemsize for _, _, code in vertex.properties)
+        trailing = elements[elements.index(vertex) + 1:]
+        _check_size(path, vertex, row_bytes, trailing, file_size - data_start)
+        table = _read_vertex_columns(f, path, vertex, used)
+    n = len(table)
+    base = 6 + 3 * k
     return Splats(
-        means=cols("x", "y", "z"),
-        sh0=cols("f_dc_0", "f_dc_1", "f_dc_2"),
-        shN=shN,
-        opacities=data["opacity"].astype(np.float32),
-        scales=cols("scale_0", "scale_1", "scale_2"),
-        quats=cols("rot_0", "rot_1", "rot_2", "rot_3"),
+        means=table[:, 0:3],
+        sh0=table[:, 3:6],
+        shN=table[:, 6:base].reshape(n, 3, k).transpose(0, 2, 1),  # channel-major in the file
+        opacities=table[:, base],
+        scales=table[:, base + 1:base + 4],
+        quats=table[:, base + 4:base + 8],
     )
 
 
