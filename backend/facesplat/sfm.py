@@ -74,7 +74,8 @@ def reconstruct(frames: list[dict], faces: list[dict], frames_dir: Path, work_di
 
     def next_image():
         registered[0] += 1
-        emit("sfm", 0.5 + 0.45 * min(1.0, registered[0] / n), f"registered {registered[0]} of {n} frames")
+        # COLMAP calls this per registration attempt (retries included): progress, not a count.
+        emit("sfm", 0.5 + 0.45 * min(1.0, registered[0] / n), f"incremental mapping, step {registered[0]}")
 
     options = pycolmap.IncrementalPipelineOptions()
     options.random_seed = cfg.random_seed

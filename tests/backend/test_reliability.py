@@ -259,3 +259,39 @@ def test_output_on_a_full_disk_keeps_the_old_output(finished, tmp_path, command)
         result = run_cli(*args, "--output", out, "--workspace", ws)
         assert_clean_failure(result, 2, "disk is full")
         assert out.read_bytes() == b"the old head"
+
+
+# --- advice from the frame size ------------------------------------------------------------------
+
+def test_portrait_video_at_the_lowest_height_registers(capture_dir, tmp_path):
+    """A 9:16 phone video (landscape pixels with a rotation tag) at --height 180 is 101 px wide.
+    It used to register 2 of 40 frames, with advice to orbit slower; SfM on full frames before any
+    mask now registers enough of it (and, when it does not, `registration_advice` names a larger
+    --height for frames too small)."""
+    from test_frames import set_mp4_rotation
+    from helpers import write_video
+
+    cap = cv2.VideoCapture(str(capture_dir / "video.mp4"))
+    frames = []
+    while len(frames) < 160:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)  # landscape pixels; the tag shows them as portrait (the head lies sideways)
+    cap.release()
+    video = set_mp4_rotation(write_video(tmp_path / "portrait.mp4", frames), 90)
+    result = run_cli("run", "--video", video, "--output", tmp_path / "h.ply", "--workspace", tmp_path / "ws",
+                     "--height", "180", "--num-frames", "40", "--num-iters", "5", "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "ws" / "report.json").read_text())
+    assert report["frames_registered"] >= 20  # 28-40 over runs: COLMAP's threaded matching varies
+    frame = cv2.imread(str(tmp_path / "ws" / "frames" / sorted(os.listdir(tmp_path / "ws" / "frames"))[0]))
+    assert frame.shape[:2] == (180, 102)  # portrait, as shown
+
+
+def test_registration_advice_names_a_larger_height_for_small_frames():
+    from facesplat.sfm import registration_advice
+
+    small = [{"width": 102, "height": 180}] * 3
+    assert "--height 424" in registration_advice(small)
+    assert "slower orbit" in registration_advice([{"width": 960, "height": 540}])
