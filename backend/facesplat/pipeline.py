@@ -338,9 +338,11 @@ def check_output(output: Path, ws: Workspace, source: Path | None = None) -> Non
     resolved = output.resolve()
     if source is not None and Path(source).is_file() and resolved.exists() and os.path.samefile(resolved, source):
         raise InputError(f"--output {output} is the input video; choose another file name, e.g. head.ply")
-    if resolved == ws.root or ws.root in resolved.parents:
+    # The workspace's own head.ply is what --output gets anyway (the Blender add-on asks for it);
+    # any other path inside the workspace would overwrite a stage's artefact.
+    if resolved != ws.head_ply and (resolved == ws.root or ws.root in resolved.parents):
         raise InputError(f"--output {output} is inside the workspace {ws.root}, whose files the pipeline "
-                         "manages; choose a path outside it")
+                         "manages; choose a path outside it (or the workspace's head.ply)")
     check_writable(output)
 
 

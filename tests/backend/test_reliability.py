@@ -54,9 +54,13 @@ def test_output_that_is_the_input_video_is_refused(finished, tmp_path):
 def test_output_inside_the_workspace_is_refused(finished, tmp_path):
     ws = copy_workspace(finished[2], tmp_path)
     scene = (ws / "scene.ply").read_bytes()
-    result = run_cli("isolate", "--workspace", ws, "--output", ws / "scene.ply")
-    assert_clean_failure(result, 2, "inside the workspace")
+    for inside in ("scene.ply", "frames/000000.png", "stages"):
+        result = run_cli("isolate", "--workspace", ws, "--output", ws / inside)
+        assert_clean_failure(result, 2, "inside the workspace")
     assert (ws / "scene.ply").read_bytes() == scene
+    # The workspace's own head.ply is allowed (what the Blender add-on asks for).
+    result = run_cli("isolate", "--workspace", ws, "--output", ws / "head.ply", "--threshold", "0.5")
+    assert result.returncode == 0, result.stderr
 
 
 def test_a_folder_of_other_files_is_not_taken_as_a_workspace(finished, tmp_path):
