@@ -32,6 +32,12 @@ def _require_python(context) -> Path:
     return python
 
 
+def settings_values(context) -> dict:
+    """The panel's run settings as config values {'section.name': value}, the device resolved."""
+    s = context.scene.facesplat
+    return runner.settings_values(s, device=preferences.get(context).device if s.device == "PREFS" else None)
+
+
 def run_job(context) -> BackendJob:
     """`facesplat run` on the panel's input; on success the head and its cameras are imported."""
     s = context.scene.facesplat
@@ -42,10 +48,8 @@ def run_job(context) -> BackendJob:
         raise UserError(f"Image folder not found: '{s.images}'; choose a folder of photos")
     python = _require_python(context)
     ws = resolve_workspace(context, path)
-    device = preferences.get(context).device if s.device == "PREFS" else s.device
     output = ws / "head.ply"
-    argv = runner.run_command(python, workspace=ws, output=output, num_frames=s.num_frames, height=s.height,
-                              num_iters=s.num_iters, device=device, silhouette_masks=s.silhouette_masks,
+    argv = runner.run_command(python, workspace=ws, output=output, values=settings_values(context), preset=s.preset,
                               **({"video": path} if s.input_type == "VIDEO" else {"images": path}))
 
     def on_success(context):
@@ -70,7 +74,7 @@ def reisolate_job(context) -> BackendJob:
     output = ws / "head.ply"
     kept = isolations.isolation_path(ws, threshold, min_opacity)
     argv = runner.isolate_command(_require_python(context), workspace=ws, output=output,
-                                  threshold=threshold, min_opacity=min_opacity)
+                                  values=settings_values(context))
     head_name = head.name
 
     def on_success(context):
