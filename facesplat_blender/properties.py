@@ -41,14 +41,13 @@ def _setting_property(name: str, option: dict):
     """The Blender property of one run setting, from its core.config option."""
     shown = dict(PRESENTATION[name])
     default = get_value(DEFAULTS, option["key"])
-    description = _sentence(option["help"])
+    # The property holds the config value; an inverted flag's help says what turning it off does.
+    description = _sentence(("off: " if option["invert"] else "") + option["help"])
     bounds = {k: option[k] for k in ("min", "max") if option[k] is not None}
     if "soft_max" in shown and "max" in bounds:
         shown["soft_max"] = min(shown["soft_max"], bounds["max"])
     if option["type"] == "bool":
-        # The property holds the config value; an inverted flag's help says what turning it off does.
-        return BoolProperty(default=default, description=("Off: " if option["invert"] else "") + description,
-                            **shown)
+        return BoolProperty(default=default, description=description, **shown)
     if option["type"] == "int":
         return IntProperty(default=default, description=description, **bounds, **shown)
     if option["type"] == "float":
@@ -79,6 +78,7 @@ def _apply_preset(settings, context) -> None:
 def _settings_annotations() -> dict:
     """The Scene settings' properties: the input, then the preset and the run settings built from
     core.config (annotations made before register_class, which reads them)."""
+    preset_settings = [key for key in SETTINGS.values() if key in PRESET_KEYS]
     return {
         "input_type": EnumProperty(name="Input", items=[
             ("VIDEO", "Video", "A video of the head, the camera moving around it"),
@@ -93,9 +93,8 @@ def _settings_annotations() -> dict:
         "preset": EnumProperty(
             name="Preset", items=[_preset_item(name) for name in PRESETS], default=DEFAULT_PRESET,
             update=_apply_preset,
-            description="Starting settings. Choosing one sets " + ", ".join(sorted(_label(key) for key in PRESET_KEYS
-                                                                                  if key in SETTINGS.values()))
-                        + "; the run uses its other settings too"),
+            description=f"Starting settings. Choosing one sets {', '.join(_label(k) for k in preset_settings)}; "
+                        "the run uses its other settings too"),
         **{name: _setting_property(name, OPTIONS[key]) for name, key in SETTINGS.items()},
     }
 
