@@ -63,21 +63,23 @@ def test_default_settings_parse_to_the_clis_default_config():
 
 
 def test_changed_settings_and_presets_reach_the_backends_config():
-    from facesplat.config import make_config
+    from facesplat.config import make_config, option_schema
 
-    # As Blender hands them over: single-precision floats, a maximum included (0.99 -> 0.99000000953...).
-    single = {"isolate.threshold": float(np.float32(0.99)), "isolate.min_opacity": float(np.float32(0.1))}
+    # As Blender hands them over: single-precision floats, a maximum included (0.99 -> 0.99000000953...,
+    # above the CLI's bound if written in full).
+    top = next(o["max"] for o in option_schema("run") if o["key"] == "isolate.threshold")
+    single = {"isolate.threshold": float(np.float32(top)), "isolate.min_opacity": float(np.float32(0.1))}
     values = {"frames.num_frames": 17, "frames.height": 181, "train.num_iters": 31, "train.seed": 5,
               "masks.refine": False, "device": "cpu", **single}
-    exact = {**values, "isolate.threshold": 0.99, "isolate.min_opacity": 0.1}
+    exact = {**values, "isolate.threshold": top, "isolate.min_opacity": 0.1}
     argv = runner.run_command("/py", workspace=Path("w"), output=Path("o"), video=Path("v"), values=values,
                               preset="archive")
     assert parse(argv) == make_config("archive", **exact)  # the preset's hidden knobs (max_gaussians) too
     isolate = runner.isolate_command("/py", workspace=Path("/w"), output=Path("/w/head.ply"), values=values)
     assert isolate == ["/py", "-m", "facesplat", "isolate", "--workspace", "/w", "--output", "/w/head.ply",
-                       "--threshold", "0.99", "--min-opacity", "0.1", "--device", "cpu"]
+                       "--threshold", f"{top:g}", "--min-opacity", "0.1", "--device", "cpu"]
     cfg = parse(isolate)
-    assert (cfg.isolate.threshold, cfg.isolate.min_opacity, cfg.device) == (0.99, 0.1, "cpu")
+    assert (cfg.isolate.threshold, cfg.isolate.min_opacity, cfg.device) == (top, 0.1, "cpu")
     assert runner.format_value(float(np.float32(2.5e-3 / 20)), "float") == "0.000125"
 
 
