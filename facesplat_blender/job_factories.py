@@ -24,12 +24,30 @@ def resolve_workspace(context, source: Path) -> Path:
     return base / "facesplat" / (source.stem or source.name or "capture")
 
 
+# Beside the workspace, not in it: the backend refuses an --output inside the workspace, and a new
+# workspace folder must be empty (a log written there first would make it "a folder of other files").
+def exported_head(ws: Path) -> Path:
+    """Where the backend exports the head (the add-on imports the workspace's head.ply, the same bytes)."""
+    return ws.with_name(ws.name + ".ply")
+
+
+def log_path(ws: Path, kind: str) -> Path:
+    """The backend's output for one button (`kind`: run, isolate), e.g. <workspace>.run.log."""
+    return ws.with_name(f"{ws.name}.{kind}.log")
+
+
 def _require_python(context) -> Path:
     python = preferences.backend_python(context)
     if python is None:
         raise UserError("No FaceSplat backend: press Install Backend in Preferences › Add-ons › FaceSplat, "
                         "or set Backend Python there")
     return python
+
+
+def settings_values(context) -> dict:
+    """The panel's run settings as config values {'section.name': value}, the device resolved."""
+    s = context.scene.facesplat
+    return runner.settings_values(s, device=preferences.get(context).device if s.device == "PREFS" else None)
 
 
 def run_job(context) -> BackendJob:
@@ -42,19 +60,17 @@ def run_job(context) -> BackendJob:
         raise UserError(f"Image folder not found: '{s.images}'; choose a folder of photos")
     python = _require_python(context)
     ws = resolve_workspace(context, path)
-    device = preferences.get(context).device if s.device == "PREFS" else s.device
-    output = ws / "head.ply"
-    argv = runner.run_command(python, workspace=ws, output=output, num_frames=s.num_frames, height=s.height,
-                              num_iters=s.num_iters, device=device, silhouette_masks=s.silhouette_masks,
+    argv = runner.run_command(python, workspace=ws, output=exported_head(ws), values=settings_values(context),
+                              preset=s.preset,
                               **({"video": path} if s.input_type == "VIDEO" else {"images": path}))
 
     def on_success(context):
         # A run's cameras are meant to be looked through, so it sets the render size to the frames'.
-        head = importer.import_splats(context, output, cameras_json=ws / "cameras.json",
+        head = importer.import_splats(context, ws / "head.ply", cameras_json=ws / "cameras.json",
                                       name=path.stem or path.name, workspace=ws, set_render_size=True)
         return f"Imported {len(head.data.points)} Gaussians and their cameras from {ws}"
 
-    return BackendJob("run", "Run", [argv], ws / "logs" / "blender-run.log", ws / "events.jsonl", on_success)
+    return BackendJob("run", "Run", [argv], log_path(ws, "run"), ws / "events.jsonl", on_success)
 
 
 def reisolate_job(context) -> BackendJob:
@@ -67,10 +83,10 @@ def reisolate_job(context) -> BackendJob:
         raise UserError(f"{ws} has no scene.ply; re-isolation needs the workspace of a finished run")
     s = context.scene.facesplat
     threshold, min_opacity = s.threshold, s.min_opacity
-    output = ws / "head.ply"
+    output = ws / "head.ply"  # the workspace's copy of the isolation just run
     kept = isolations.isolation_path(ws, threshold, min_opacity)
-    argv = runner.isolate_command(_require_python(context), workspace=ws, output=output,
-                                  threshold=threshold, min_opacity=min_opacity)
+    argv = runner.isolate_command(_require_python(context), workspace=ws, output=exported_head(ws),
+                                  values=settings_values(context))
     head_name = head.name
 
     def on_success(context):
@@ -81,7 +97,7 @@ def reisolate_job(context) -> BackendJob:
         count = importer.replace_splats_from_file(context, target, kept if kept.is_file() else output)
         return f"Re-isolated: {count} Gaussians (threshold {threshold:.2f}, min opacity {min_opacity:.2f})"
 
-    return BackendJob("isolate", "Re-isolate", [argv], ws / "logs" / "blender-isolate.log",
+    return BackendJob("isolate", "Re-isolate", [argv], log_path(ws, "isolate"),
                       ws / "events.jsonl", on_success)
 
 

@@ -52,11 +52,13 @@ class FACESPLAT_PT_capture(_FaceSplatPanel, Panel):
         if not s.workspace.strip():
             where = "next to the .blend" if bpy.data.filepath else "in the temporary folder"
             layout.label(text=f"Default: facesplat/<input name> {where}", icon="INFO")
+        layout.prop(s, "preset")
         col = layout.column(align=True)
         col.prop(s, "num_frames")
         col.prop(s, "height")
         col.prop(s, "num_iters")
         layout.prop(s, "silhouette_masks")
+        layout.prop(s, "seed")
         layout.prop(s, "device")
         row = layout.row()
         row.scale_y = 1.5

@@ -8,7 +8,7 @@ from bpy.props import EnumProperty, StringProperty
 from bpy.types import AddonPreferences
 
 from . import jobs, runner
-from .properties import DEVICES
+from .properties import DEFAULT_DEVICE, DEVICES
 
 ENV_FOLDER = "backend_env"
 
@@ -61,7 +61,7 @@ class FACESPLAT_AP_preferences(AddonPreferences):
         name="Backend Python", subtype="FILE_PATH",
         description="Python interpreter with the facesplat backend installed. Empty: the environment "
                     "created by Install Backend")
-    device: EnumProperty(name="Default Device", items=DEVICES, default="auto",
+    device: EnumProperty(name="Default Device", items=DEVICES, default=DEFAULT_DEVICE,
                          description="Compute device for runs whose panel says Default")
     wheels: StringProperty(
         name="Offline Wheels", subtype="DIR_PATH",

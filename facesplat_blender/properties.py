@@ -4,44 +4,104 @@ import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 from bpy.types import PropertyGroup
 
-DEVICES = [
-    ("auto", "Auto", "CUDA if present, else Apple MPS, else CPU"),
-    ("cuda", "CUDA", "NVIDIA GPU"),
-    ("cpu", "CPU", "No GPU (slow: use few frames and iterations)"),
-    ("mps", "MPS", "Apple GPU"),
-]
+from .core.config import DEFAULT_PRESET, PRESETS, get_value, make_config, option_schema
+from .runner import SETTINGS
 
 
-class FACESPLAT_PG_settings(PropertyGroup):
-    """What to run: saved with the .blend (the backend's flags, same defaults)."""
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
-    input_type: EnumProperty(name="Input", items=[
-        ("VIDEO", "Video", "A video of the head, the camera moving around it"),
-        ("IMAGES", "Images", "A folder of photos of the head"),
-    ], default="VIDEO")
-    video: StringProperty(name="Video", subtype="FILE_PATH", description="Video file of the head")
-    images: StringProperty(name="Images", subtype="DIR_PATH", description="Folder of photos of the head")
-    workspace: StringProperty(
-        name="Workspace", subtype="DIR_PATH",
-        description="Folder for the run's stages and results. Empty: facesplat/<input name> next to the "
-                    ".blend, or in the temporary folder for an unsaved file")
-    num_frames: IntProperty(name="Frames", default=40, min=3, soft_max=300,
-                            description="Frames sampled from the video (at most this many images)")
-    height: IntProperty(name="Height", default=540, min=64, soft_max=2160, subtype="PIXEL",
-                        description="Frame height the backend works at")
-    num_iters: IntProperty(name="Iterations", default=3000, min=1, soft_max=30000,
-                           description="Training steps")
-    silhouette_masks: BoolProperty(
-        name="Silhouette Masks", default=True,
-        description="Cut each head mask to the head's outline by colour, so no background is trained as head. "
-                    "Turn off if the head comes out missing hair or ears that match the background's colour")
-    device: EnumProperty(name="Device", items=[("PREFS", "Default", "The device set in the add-on preferences")]
-                         + DEVICES, default="PREFS")
-    threshold: FloatProperty(name="Threshold", default=0.3, min=0.0, max=0.99, subtype="FACTOR",
-                             description="Keep a Gaussian inside the head mask in more than this fraction "
-                                         "of the views that see it (lower keeps more)")
-    min_opacity: FloatProperty(name="Min Opacity", default=0.05, min=0.0, max=0.99, subtype="FACTOR",
-                               description="Drop Gaussians more transparent than this")
+
+# Defaults, bounds, choices and descriptions of the run settings come from core/config.py, the
+# CLI's source too; only the labels and how Blender shows them are written here.
+OPTIONS = {option["key"]: option for option in option_schema()}
+DEFAULTS = make_config(DEFAULT_PRESET)  # what `facesplat run` uses without flags
+PRESENTATION = {  # per runner.SETTINGS name: label, slider range, subtype
+    "num_frames": {"name": "Frames", "soft_max": 300},
+    "height": {"name": "Height", "soft_max": 2160, "subtype": "PIXEL"},
+    "num_iters": {"name": "Iterations", "soft_max": 30000},
+    "seed": {"name": "Seed"},
+    "silhouette_masks": {"name": "Silhouette Masks"},
+    "threshold": {"name": "Threshold", "subtype": "FACTOR"},
+    "min_opacity": {"name": "Min Opacity", "subtype": "FACTOR", "precision": 3},
+    "device": {"name": "Device"},
+}
+CHOICE_LABELS = {"auto": ("Auto", OPTIONS["device"]["help"]), "cuda": ("CUDA", "NVIDIA GPU"),
+                 "cpu": ("CPU", "No GPU (slow)"), "mps": ("MPS", "Apple GPU")}
+DEVICES = [(choice, label, _sentence(text)) for choice in OPTIONS["device"]["choices"]
+           for label, text in [CHOICE_LABELS.get(choice, (choice.upper(), ""))]]
+DEFAULT_DEVICE = DEFAULTS.device
+USE_PREFERENCES = ("PREFS", "Default", "The device set in the add-on preferences")
+# Choosing a preset sets the settings that any preset changes (the rest keep the user's values);
+# the run passes --preset too, for the knobs the panel does not show.
+PRESET_KEYS = {key for values in PRESETS.values() for key in values}
+
+
+def _setting_property(name: str, option: dict):
+    """The Blender property of one run setting, from its core.config option."""
+    shown = dict(PRESENTATION[name])
+    default = get_value(DEFAULTS, option["key"])
+    # The property holds the config value; an inverted flag's help says what turning it off does.
+    description = _sentence(("off: " if option["invert"] else "") + option["help"])
+    bounds = {k: option[k] for k in ("min", "max") if option[k] is not None}
+    if "soft_max" in shown and "max" in bounds:
+        shown["soft_max"] = min(shown["soft_max"], bounds["max"])
+    if option["type"] == "bool":
+        return BoolProperty(default=default, description=description, **shown)
+    if option["type"] == "int":
+        return IntProperty(default=default, description=description, **bounds, **shown)
+    if option["type"] == "float":
+        return FloatProperty(default=default, description=description, **bounds, **shown)
+    if option["key"] == "device":
+        return EnumProperty(items=[USE_PREFERENCES] + DEVICES, default=USE_PREFERENCES[0],
+                            description=description, **shown)
+    raise TypeError(f"no Blender property for {option['key']} ({option['type']})")
+
+
+def _label(key: str) -> str:
+    """The panel's label of a config key ('train.max_gaussians' when the panel does not show it)."""
+    return next((PRESENTATION[name]["name"] for name, k in SETTINGS.items() if k == key), key)
+
+
+def _preset_item(name: str) -> tuple[str, str, str]:
+    changes = ", ".join(f"{_label(key)} {value}" for key, value in PRESETS[name].items())
+    return name, name.title(), changes or "The defaults"
+
+
+def _apply_preset(settings, context) -> None:
+    preset = make_config(settings.preset)
+    for name, key in SETTINGS.items():
+        if key in PRESET_KEYS:
+            setattr(settings, name, get_value(preset, key))
+
+
+def _settings_annotations() -> dict:
+    """The Scene settings' properties: the input, then the preset and the run settings built from
+    core.config (annotations made before register_class, which reads them)."""
+    preset_settings = [key for key in SETTINGS.values() if key in PRESET_KEYS]
+    return {
+        "input_type": EnumProperty(name="Input", items=[
+            ("VIDEO", "Video", "A video of the head, the camera moving around it"),
+            ("IMAGES", "Images", "A folder of photos of the head"),
+        ], default="VIDEO"),
+        "video": StringProperty(name="Video", subtype="FILE_PATH", description="Video file of the head"),
+        "images": StringProperty(name="Images", subtype="DIR_PATH", description="Folder of photos of the head"),
+        "workspace": StringProperty(
+            name="Workspace", subtype="DIR_PATH",
+            description="Folder for the run's stages and results. Empty: facesplat/<input name> next to the "
+                        ".blend, or in the temporary folder for an unsaved file"),
+        "preset": EnumProperty(
+            name="Preset", items=[_preset_item(name) for name in PRESETS], default=DEFAULT_PRESET,
+            update=_apply_preset,
+            description=f"Starting settings. Choosing one sets {', '.join(_label(k) for k in preset_settings)}; "
+                        "the run uses its other settings too"),
+        **{name: _setting_property(name, OPTIONS[key]) for name, key in SETTINGS.items()},
+    }
+
+
+FACESPLAT_PG_settings = type("FACESPLAT_PG_settings", (PropertyGroup,), {
+    "__doc__": "What to run: saved with the .blend (the backend's flags, the CLI's defaults).",
+    "__module__": __name__, "__annotations__": _settings_annotations()})
 
 
 class FACESPLAT_PG_job(PropertyGroup):

@@ -9,33 +9,88 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from .core.config import option_schema
 from .core.events import STAGES, TERMINAL_STAGES, read_events
 
 IS_WINDOWS = sys.platform == "win32"
 
 
+# The panel's run settings: Scene property name -> core.config key. Each property's default, bounds,
+# choices and description come from that key's option in core.config.option_schema(), and its
+# command-line flag too, so a default changed in core/config.py is one edit.
+SETTINGS = {
+    "num_frames": "frames.num_frames",
+    "height": "frames.height",
+    "num_iters": "train.num_iters",
+    "seed": "train.seed",
+    "silhouette_masks": "masks.refine",
+    "threshold": "isolate.threshold",
+    "min_opacity": "isolate.min_opacity",
+    "device": "device",
+}
+
+
+def format_value(value, type_name: str) -> str:
+    """A setting as command-line text. Floats are written as the shortest text of their single-
+    precision value: Blender stores 0.3 as 0.30000001192..., and a maximum of 0.99 would otherwise
+    come out above the CLI's bound 0.99."""
+    if type_name == "float":
+        single = struct.unpack("f", struct.pack("f", value))[0]
+        return next(text for text in (f"{value:.{digits}g}" for digits in range(1, 18))
+                    if struct.unpack("f", struct.pack("f", float(text)))[0] == single)
+    if type_name == "int":
+        return str(int(value))
+    return str(value)
+
+
+def option_flags(command: str, values: dict) -> list[str]:
+    """The flags of `facesplat <command>` for config values given as {'section.name': value}, in the
+    schema's order. Keys the command has no flag for are left out, so one set of values serves both
+    `run` and `isolate`; keys not given are left to the backend's default."""
+    flags = []
+    for option in option_schema(command):
+        if option["key"] not in values:
+            continue
+        value = values[option["key"]]
+        if option["type"] == "bool":
+            # A bool flag sets one value (False for an inverted one); the other is the default.
+            if bool(value) == (not option["invert"]):
+                flags.append(option["flag"])
+        else:
+            flags += [option["flag"], format_value(value, option["type"])]
+    return flags
+
+
+def settings_values(settings, device: str | None = None) -> dict:
+    """{'section.name': value} from an object with the SETTINGS attributes (the Scene's FaceSplat
+    settings); `device` replaces the settings' device (the preferences' choice for "PREFS")."""
+    values = {key: getattr(settings, name) for name, key in SETTINGS.items()}
+    if device is not None:
+        values["device"] = device
+    return values
+
+
 def run_command(python: str, *, workspace: Path, output: Path, video: Path | None = None,
-                images: Path | None = None, num_frames: int = 40, height: int = 540,
-                num_iters: int = 3000, device: str = "auto", silhouette_masks: bool = True) -> list[str]:
-    """`facesplat run` for a video or an image folder (exactly one of them)."""
+                images: Path | None = None, values: dict | None = None, preset: str | None = None) -> list[str]:
+    """`facesplat run` for a video or an image folder (exactly one of them), with the preset and
+    the config values ({'section.name': value}) as flags."""
     if (video is None) == (images is None):
         raise ValueError("give a video or an image folder, not both")
     source = ["--video", str(video)] if video is not None else ["--images", str(images)]
-    return [str(python), "-m", "facesplat", "run", *source, "--output", str(output),
-            "--workspace", str(workspace), "--num-frames", str(num_frames), "--height", str(height),
-            "--num-iters", str(num_iters), "--device", device] + ([] if silhouette_masks else ["--ellipse-masks"])
+    return ([str(python), "-m", "facesplat", "run", *source, "--output", str(output), "--workspace", str(workspace)]
+            + (["--preset", preset] if preset else []) + option_flags("run", values or {}))
 
 
-def isolate_command(python: str, *, workspace: Path, output: Path, threshold: float,
-                    min_opacity: float) -> list[str]:
+def isolate_command(python: str, *, workspace: Path, output: Path, values: dict | None = None) -> list[str]:
     """`facesplat isolate`: re-select the head Gaussians of a finished workspace."""
-    return [str(python), "-m", "facesplat", "isolate", "--workspace", str(workspace), "--output", str(output),
-            "--threshold", f"{threshold:g}", "--min-opacity", f"{min_opacity:g}"]
+    return ([str(python), "-m", "facesplat", "isolate", "--workspace", str(workspace), "--output", str(output)]
+            + option_flags("isolate", values or {}))
 
 
 def venv_python(env_dir: Path) -> Path:

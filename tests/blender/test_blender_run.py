@@ -164,7 +164,7 @@ def test_cancel_stops_the_backend_and_leaves_blender_and_the_workspace_sound(ble
 def test_run_imports_the_head_and_its_cameras(blender, workspace):
     out = blender.call(w_run, timeout=900)
     assert "error" not in out, f"the backend run failed: {out.get('error')}\n" + "\n".join(
-        (workspace / "logs" / "blender-run.log").read_text(errors="replace").splitlines()[-15:])
+        workspace.with_name(workspace.name + ".run.log").read_text(errors="replace").splitlines()[-15:])
     assert out["result"] == ["FINISHED"] and not out["running"]
     frames = json.loads((workspace / "cameras.json").read_text())["frames"]
     assert out["heads"] == 1 and out["head_points"] > 0

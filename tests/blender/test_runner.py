@@ -6,7 +6,9 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from blender_worker import import_addon_module, process_group_members
@@ -16,26 +18,81 @@ runner = import_addon_module("runner")
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="checks process groups through /proc")
 
 
+def parse(argv: list[str]):
+    """The config the backend's own CLI makes of an add-on command (argv without `python -m facesplat`)."""
+    from facesplat.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(argv[3:])
+    return config_from_args(args, args.command)
+
+
 def test_run_command_is_an_argument_list():
+    values = {"frames.num_frames": 10, "frames.height": 180, "train.num_iters": 30, "device": "cpu"}
     argv = runner.run_command("/py", workspace=Path("/w s"), output=Path("/w s/head.ply"), video=Path("/v; rm -rf x.mp4"),
-                              num_frames=10, height=180, num_iters=30, device="cpu")
+                              values=values)
     assert argv == ["/py", "-m", "facesplat", "run", "--video", "/v; rm -rf x.mp4", "--output", "/w s/head.ply",
                     "--workspace", "/w s", "--num-frames", "10", "--height", "180", "--num-iters", "30",
                     "--device", "cpu"]
     assert runner.run_command("/py", workspace=Path("w"), output=Path("o"), images=Path("imgs"))[4:6] == ["--images", "imgs"]
-    ellipses = runner.run_command("/py", workspace=Path("w"), output=Path("o"), video=Path("v"), silhouette_masks=False)
-    assert ellipses[-1] == "--ellipse-masks"
-    from facesplat.cli import build_parser  # the backend's own parser takes what the add-on sends
-
-    assert build_parser().parse_args(ellipses[3:]).ellipse_masks
-    assert not build_parser().parse_args(argv[3:]).ellipse_masks
+    ellipses = runner.run_command("/py", workspace=Path("w"), output=Path("o"), video=Path("v"),
+                                  values={"masks.refine": False})
+    assert ellipses[-1] == "--ellipse-masks" and not parse(ellipses).masks.refine
+    assert "--ellipse-masks" not in runner.run_command("/py", workspace=Path("w"), output=Path("o"), video=Path("v"),
+                                                       values={"masks.refine": True})
     with pytest.raises(ValueError):
         runner.run_command("/py", workspace=Path("w"), output=Path("o"))
 
 
+def test_the_panels_settings_are_the_clis_flags():
+    """Every flag of `facesplat run` is a panel setting and every setting a flag: nothing the CLI
+    can change is missing from the add-on, nothing the add-on sends is dropped."""
+    from facesplat.config import option_schema
+
+    assert sorted(runner.SETTINGS.values()) == sorted(o["key"] for o in option_schema("run"))
+
+
+def test_default_settings_parse_to_the_clis_default_config():
+    from facesplat.config import DEFAULT_PRESET, make_config
+    from facesplat.core.config import get_value
+
+    defaults = make_config(DEFAULT_PRESET)
+    values = {key: get_value(defaults, key) for key in runner.SETTINGS.values()}
+    argv = runner.run_command("/py", workspace=Path("w"), output=Path("o"), video=Path("v"), values=values,
+                              preset=DEFAULT_PRESET)
+    assert parse(argv) == parse(["/py", "-m", "facesplat", "run", "--video", "v", "--output", "o"])
+
+
+def test_changed_settings_and_presets_reach_the_backends_config():
+    from facesplat.config import make_config, option_schema
+
+    # As Blender hands them over: single-precision floats, a maximum included (0.99 -> 0.99000000953...,
+    # above the CLI's bound if written in full).
+    top = next(o["max"] for o in option_schema("run") if o["key"] == "isolate.threshold")
+    single = {"isolate.threshold": float(np.float32(top)), "isolate.min_opacity": float(np.float32(0.1))}
+    values = {"frames.num_frames": 17, "frames.height": 181, "train.num_iters": 31, "train.seed": 5,
+              "masks.refine": False, "device": "cpu", **single}
+    exact = {**values, "isolate.threshold": top, "isolate.min_opacity": 0.1}
+    argv = runner.run_command("/py", workspace=Path("w"), output=Path("o"), video=Path("v"), values=values,
+                              preset="archive")
+    assert parse(argv) == make_config("archive", **exact)  # the preset's hidden knobs (max_gaussians) too
+    isolate = runner.isolate_command("/py", workspace=Path("/w"), output=Path("/w/head.ply"), values=values)
+    assert isolate == ["/py", "-m", "facesplat", "isolate", "--workspace", "/w", "--output", "/w/head.ply",
+                       "--threshold", f"{top:g}", "--min-opacity", "0.1", "--device", "cpu"]
+    cfg = parse(isolate)
+    assert (cfg.isolate.threshold, cfg.isolate.min_opacity, cfg.device) == (top, 0.1, "cpu")
+    assert runner.format_value(float(np.float32(2.5e-3 / 20)), "float") == "0.000125"
+
+
+def test_settings_values_reads_the_settings_and_replaces_the_device():
+    settings = SimpleNamespace(**{name: i for i, name in enumerate(runner.SETTINGS)})
+    values = runner.settings_values(settings, device="cuda")
+    assert values == {key: (i if key != "device" else "cuda") for i, key in enumerate(runner.SETTINGS.values())}
+    assert runner.settings_values(settings)["device"] == list(runner.SETTINGS).index("device")
+
+
 def test_isolate_and_install_commands(tmp_path):
-    assert runner.isolate_command("/py", workspace=Path("/w"), output=Path("/w/head.ply"), threshold=0.25,
-                                  min_opacity=0.1) == [
+    assert runner.isolate_command("/py", workspace=Path("/w"), output=Path("/w/head.ply"),
+                                  values={"isolate.threshold": 0.25, "isolate.min_opacity": 0.1}) == [
         "/py", "-m", "facesplat", "isolate", "--workspace", "/w", "--output", "/w/head.ply",
         "--threshold", "0.25", "--min-opacity", "0.1"]
     venv, pip = runner.install_commands("/blender/python", tmp_path / "env", tmp_path / "src")
@@ -80,7 +137,8 @@ def test_follows_events_and_ignores_older_runs(tmp_path):
     assert proc.succeeded and proc.finished_event()["message"] == "wrote head.ply"
     assert proc.progress_text() == "done 100%"
     proc.last_event = events[1]
-    assert proc.progress_text() == "train (4/5) 25%"
+    stages = runner.STAGES  # frames, faces, ..., train, ...: the count grows with the pipeline
+    assert proc.progress_text() == f"train ({stages.index('train') + 1}/{len(stages)}) 25%"
 
 
 def test_error_message_comes_from_the_error_event_or_the_last_line(tmp_path):

@@ -131,8 +131,8 @@ class IsolateConfig:
     threshold: float = knob(
         0.3, "keep Gaussians inside the head mask in more than this fraction of the views that see them",
         flag="--threshold", lo=0.0, hi=0.99, commands=("run", "isolate"))
-    min_opacity: float = knob(0.05, "...and more opaque than this", flag="--min-opacity", lo=0.0, hi=0.9999,
-                              commands=("run", "isolate"))
+    min_opacity: float = knob(0.05, "keep only Gaussians more opaque than this", flag="--min-opacity",
+                              lo=0.0, hi=0.9999, commands=("run", "isolate"))
     hull_fraction: float = knob(
         0.7, "...and whose centre projects onto the head mask in more than this fraction of all views "
              "(the masks' visual hull; below 1 to forgive a few misplaced masks)")
