@@ -20,7 +20,6 @@ of every photo, dimmed outside each mask (<workdir>/<name>_masks.png).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import replace
