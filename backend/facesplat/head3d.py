@@ -10,6 +10,8 @@ Cues, in order of trust:
   up direction from the cameras (`camera_up`).
 `estimate_head_volume` combines them into a `HeadVolume` (an ellipsoid); `project_ellipsoid`
 gives its exact outline in any view, which masks.py turns into that view's head mask.
+`carve_visual_hull` then votes the views' silhouettes (masks.py's cuts) into one 3D head inside
+the ellipsoid, so that one view's wrong cut is outvoted by the others.
 
 Pixels follow core/cameras.py `project_points`: pixel centres at integer + 0.5.
 """
@@ -58,6 +60,66 @@ class HeadVolume:
         u = np.random.default_rng(seed).normal(size=(n, 3))
         u /= np.linalg.norm(u, axis=1, keepdims=True)
         return self.center + (u * self.semi_axes) @ self.rotation.T
+
+
+@dataclass(frozen=True)
+class VisualHull:
+    """The voxels of a grid over an ellipsoid that most views' silhouettes agree are head."""
+
+    centers: np.ndarray  # [V, 3] world: the kept voxels' centres
+    voxel_size: float  # edge of a (cubic) voxel, world units
+    candidates: int  # voxels of the grid inside the ellipsoid (before the vote)
+    voters: int  # views whose silhouette voted
+
+
+def carve_visual_hull(volume: HeadVolume, cameras: Sequence[CameraFrame], silhouettes: Sequence[np.ndarray | None],
+                      vote: float, resolution: int) -> VisualHull:
+    """The visual hull of `silhouettes` (bool [H, W] per camera, in its distorted frame; None: the
+    view has no say) inside `volume`, on a grid of cubic voxels `resolution` across its longest
+    axis. A voxel is kept when it falls inside the silhouette in at least the fraction `vote` of
+    the voting views it is in the frame of (1.0 is the classic hull: one view's miss carves; a
+    lower vote lets a few views' wrong cuts be outvoted both ways). Only the largest 26-connected
+    piece is kept: stray voxels kept by chance are no head."""
+    from scipy import ndimage
+
+    step = 2 * float(volume.semi_axes.max()) / resolution
+    counts = np.maximum(1, np.ceil(2 * volume.semi_axes / step).astype(int))  # cells per ellipsoid axis
+    grid = np.stack(np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * step for n in counts], indexing="ij"), axis=-1)
+    inside = (np.square(grid / volume.semi_axes).sum(axis=-1) <= 1.0)  # [nx, ny, nz]
+    centers = volume.center + grid[inside] @ volume.rotation.T  # [V, 3] world
+    seen = np.zeros(len(centers), np.int32)
+    votes = np.zeros(len(centers), np.int32)
+    voters = 0
+    for camera, silhouette in zip(cameras, silhouettes):
+        if silhouette is None:
+            continue
+        voters += 1
+        pixel = pixels_in_frame(centers, camera)
+        seen += pixel >= 0
+        votes += silhouette.reshape(-1)[np.maximum(pixel, 0)] & (pixel >= 0)
+    kept = votes >= vote * seen - 1e-9
+    grid_kept = np.zeros(inside.shape, bool)
+    grid_kept[inside] = kept
+    labels, n = ndimage.label(grid_kept, structure=np.ones((3, 3, 3)))
+    if n > 1:
+        largest = 1 + int(np.argmax(np.bincount(labels.reshape(-1))[1:]))
+        kept = (labels == largest)[inside]
+    return VisualHull(centers[kept], step, int(inside.sum()), voters)
+
+
+def pixels_in_frame(points: np.ndarray, camera: CameraFrame) -> np.ndarray:
+    """[P] flat pixel index (row * width + column) of each point in `camera`'s distorted frame;
+    -1 where it is behind the camera, outside the frame, or beyond where the radial distortion
+    still grows with the radius (a barrel lens's polynomial folds far points back in)."""
+    uv, depth = project_points(points, camera)
+    col, row = np.floor(uv[:, 0]), np.floor(uv[:, 1])
+    ok = (depth > 0) & (col >= 0) & (col < camera.width) & (row >= 0) & (row < camera.height)
+    model, params = camera.distortion.get("model"), camera.distortion.get("params", [])
+    if model in ("SIMPLE_RADIAL", "RADIAL") and params and params[0] < 0:
+        pinhole, _ = project_points(points, camera, distort=False)
+        r2 = np.square((pinhole - [camera.cx, camera.cy]) / [camera.fx, camera.fy]).sum(axis=1)
+        ok &= 1 + 3 * params[0] * r2 > 0  # d/dr of r (1 + k r^2) > 0
+    return np.where(ok, row * camera.width + col, -1).astype(np.int64)
 
 
 def optical_axes(cameras: Sequence[CameraFrame]) -> tuple[np.ndarray, np.ndarray]:

@@ -3,33 +3,40 @@
 The head volume (head3d.py: faces triangulated where a detector found them, else the point the
 cameras converge on, sized from the sparse points) is projected into every registered view: its
 exact outline is the view's head ellipse, one head consistent across views, back of the head
-included. The soft ellipse is then cut down to the head's silhouette inside it by colour (GrabCut
-seeded with the ellipse: its core is head, its outside background); a view where that fails
-keeps the ellipse.
+included. Each view's soft ellipse is cut to the head's silhouette by colour (GrabCut seeded
+with the ellipse: its core is head, beyond SILHOUETTE_RING times it background). Per-view cuts
+disagree (a shadowed face cut away against a dark background, a patch of background kept), so
+they are then voted into one 3D head: the visual hull (head3d.py `carve_visual_hull`) in the
+volume grown by SILHOUETTE_RING, and each view's mask is that hull seen from the view, trimmed
+by its own cut. With fewer than `hull_min_views` cuts each view keeps its own cut; a view whose
+cut fails keeps the ellipse (or the hull's view of it).
 
 Writes `<out_dir>/<NNNNNN>.png` (uint8, 255 = head; same names as frames/) and returns the
 records the pipeline keeps as `masks.json`:
     [{"frame_index", "mask": "masks/000012.png", "source": "projected",
-      "center": [x, y], "axes": [a, b], "angle": degrees, "shape": "silhouette" | "ellipse" | "empty"}]
+      "center": [x, y], "axes": [a, b], "angle": degrees,
+      "shape": "hull" | "silhouette" | "ellipse" | "empty", "cut": bool}]
 `center` is in pixels, `axes` are the ellipse's semi-axes in pixels before the rotation by
-`angle`; `shape` says whether the mask was cut to the silhouette or is the plain soft ellipse
-("empty": the head volume is not in front of that camera; center, axes and angle are null).
+`angle`; `shape` says what the mask is: the visual hull's view, the view's own cut, or the plain
+soft ellipse ("empty": the head volume is not in front of that camera; center, axes and angle
+are null); `cut` whether the view's own GrabCut cut succeeded (and voted in the hull).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from .config import MaskConfig
-from .core.cameras import CameraFrame
+from .core.cameras import CameraFrame, project_points
 from .core.files import atomic_write_bytes
 from .errors import StageError
 from .faces import HeadEllipse
-from .head3d import HeadVolume, project_ellipsoid
+from .head3d import HeadVolume, VisualHull, carve_visual_hull, pixels_in_frame, project_ellipsoid
 from .stage import StageContext
 from .workspace import frame_name
 
@@ -37,42 +44,99 @@ from .workspace import frame_name
 def masks_from_head_volume(cameras: list[CameraFrame], volume: HeadVolume, frames_root: Path, out_dir: Path,
                            cfg: MaskConfig, ctx: StageContext) -> list[dict]:
     """One head mask per registered camera: the head volume's outline in its view, cut to the
-    silhouette. A view the volume is not wholly in front of gets an empty mask."""
+    silhouette, and the cuts made consistent across views by their visual hull (carved in the
+    volume grown as far as the cut searches). A view the volume is not wholly in front of gets
+    an empty mask."""
     ellipses = []
     for camera in cameras:
         outline = project_ellipsoid(volume, camera)
         ellipses.append(None if outline is None else HeadEllipse("projected", *outline))
 
-    def make_mask(camera: CameraFrame, ellipse: HeadEllipse | None) -> tuple[np.ndarray, str]:
-        shape = (camera.height, camera.width)
-        if ellipse is None:
-            return np.zeros(shape, np.uint8), "empty"
-        mask = soft_ellipse_mask(shape, ellipse, cfg.blur_fraction)
-        if cfg.refine:
-            image = cv2.imread(str(frames_root / camera.image))
-            if image is None:
-                raise StageError(f"cannot read frame {frames_root / camera.image}; the workspace is damaged: "
-                                 "delete it and run again")
-            silhouette = head_silhouette(image, ellipse, cfg.refine_margin)
-            if silhouette is not None:
-                return np.minimum(mask, silhouette), "silhouette"
-        return mask, "ellipse"
+    def cut(camera: CameraFrame, ellipse: HeadEllipse | None) -> np.ndarray | None:
+        if ellipse is None or not cfg.refine:
+            return None
+        image = cv2.imread(str(frames_root / camera.image))
+        if image is None:
+            raise StageError(f"cannot read frame {frames_root / camera.image}; the workspace is damaged: "
+                             "delete it and run again")
+        return head_silhouette(image, ellipse, cfg.refine_margin)
 
-    records = []
     # GrabCut releases the GIL: one frame per core.
     with ThreadPoolExecutor(max_workers=max(1, min(4, cv2.getNumberOfCPUs()))) as pool:
-        for k, (camera, ellipse, (mask, shape)) in enumerate(
-                zip(cameras, ellipses, pool.map(make_mask, cameras, ellipses))):
-            name = frame_name(camera.frame_index)
-            _write_png(out_dir / name, mask)
-            record = {"frame_index": camera.frame_index, "mask": f"{out_dir.name}/{name}", "source": "projected",
-                      "center": None, "axes": None, "angle": None}
-            if ellipse is not None:
-                record.update(center=[round(v, 2) for v in ellipse.center],
-                              axes=[round(v, 2) for v in ellipse.axes], angle=round(ellipse.angle, 2))
-            records.append({**record, "shape": shape})
-            ctx.emit("masks", 0.1 + 0.9 * (k + 1) / len(cameras), f"made mask {k + 1} of {len(cameras)}")
+        silhouettes = list(pool.map(cut, cameras, ellipses))
+    ctx.emit("masks", 0.7, f"cut {sum(s is not None for s in silhouettes)} of {len(cameras)} views to the silhouette")
+    hull = None
+    if cfg.refine and cfg.hull and sum(s is not None for s in silhouettes) >= cfg.hull_min_views:
+        hull = carve_visual_hull(search_volume(volume), cameras,
+                                 [None if s is None else s >= 128 for s in silhouettes], cfg.hull_vote,
+                                 cfg.hull_resolution)
+        if not len(hull.centers):
+            hull = None  # nothing is head in enough views: keep each view's own cut
+    ctx.emit("masks", 0.8, "carved the views' silhouettes into one head" if hull is not None else "masks cut per view")
+
+    records = []
+    for k, (camera, ellipse, silhouette) in enumerate(zip(cameras, ellipses, silhouettes)):
+        shape = (camera.height, camera.width)
+        if ellipse is None:
+            mask, kind = np.zeros(shape, np.uint8), "empty"
+        elif hull is not None:
+            # The hull's outline overshoots by up to a voxel; the view's own cut, where it has one,
+            # trims that (on the rendered orbit: precision 0.95 -> 0.98, recall as the cut's).
+            mask, kind = hull_mask(hull, camera, search_volume(volume), cfg), "hull"
+            if silhouette is not None:
+                mask = np.minimum(mask, silhouette)
+        elif silhouette is not None:
+            mask, kind = np.minimum(soft_ellipse_mask(shape, ellipse, cfg.blur_fraction), silhouette), "silhouette"
+        else:
+            mask, kind = soft_ellipse_mask(shape, ellipse, cfg.blur_fraction), "ellipse"
+        name = frame_name(camera.frame_index)
+        _write_png(out_dir / name, mask)
+        record = {"frame_index": camera.frame_index, "mask": f"{out_dir.name}/{name}", "source": "projected",
+                  "center": None, "axes": None, "angle": None}
+        if ellipse is not None:
+            record.update(center=[round(v, 2) for v in ellipse.center],
+                          axes=[round(v, 2) for v in ellipse.axes], angle=round(ellipse.angle, 2))
+        records.append({**record, "shape": kind, "cut": silhouette is not None})
+        ctx.emit("masks", 0.8 + 0.2 * (k + 1) / len(cameras), f"made mask {k + 1} of {len(cameras)}")
     return records
+
+
+def search_volume(volume: HeadVolume) -> HeadVolume:
+    """The head volume grown as far as the silhouette cut searches (SILHOUETTE_RING): the cut
+    may find head beyond the ellipse (where the sparse points stop short of a smooth face), and
+    the hull keeps what most views agree on there."""
+    return replace(volume, semi_axes=SILHOUETTE_RING * volume.semi_axes)
+
+
+def hull_mask(hull: VisualHull, camera: CameraFrame, bound: HeadVolume, cfg: MaskConfig) -> np.ndarray:
+    """uint8 [H, W]: the hull's voxels seen from `camera`: their centres marked, each grown by
+    half a voxel's edge projected at its own depth (voxels grouped by whole pixels of radius, one
+    dilation per group), holes filled; with the cut's soft edge, inside the soft outline of
+    `bound` (the ellipsoid the hull was carved in). Half an edge closes the gaps between the
+    centres of a solid block; the nearest voxel's depth for all, or a voxel's half-diagonal,
+    overshot the head's outline (on the rendered orbit: precision 0.83 or 0.88, not 0.94)."""
+    shape = (camera.height, camera.width)
+    outline = project_ellipsoid(bound, camera)
+    mask = np.zeros(shape, np.uint8)
+    if outline is None:
+        return mask
+    pixel = pixels_in_frame(hull.centers, camera)
+    seen = pixel >= 0
+    if not seen.any():
+        return mask
+    _, depth = project_points(hull.centers[seen], camera)
+    radius = np.ceil(0.5 * hull.voxel_size * max(camera.fx, camera.fy) / depth).astype(int)
+    for r in np.unique(radius):
+        marks = np.zeros(shape, np.uint8)
+        marks.reshape(-1)[pixel[seen][radius == r]] = 255
+        mask |= cv2.dilate(marks, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2))
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    mask = cv2.drawContours(mask, contours, -1, 255, thickness=-1)
+    ellipse = HeadEllipse("projected", *outline)
+    sigma = cfg.refine_margin * min(ellipse.axes) / 2  # as the cut's edge
+    if sigma > 0.5:
+        mask = cv2.GaussianBlur(mask, (0, 0), sigma)
+    return np.minimum(mask, soft_ellipse_mask(shape, ellipse, cfg.blur_fraction))
 
 
 def soft_ellipse_mask(shape: tuple[int, int], ellipse: HeadEllipse, blur_fraction: float) -> np.ndarray:

@@ -122,7 +122,8 @@ def _masks(run: Run) -> dict:
     atomic_write_json(ws.masks_json, records)
     return {"head_center_from": volume.center_source, "head_size_from": volume.extent_source,
             "head_semi_axes_m": [round(float(a), 4) for a in volume.semi_axes],
-            "masks_cut_to_silhouette": sum(r["shape"] == "silhouette" for r in records)}
+            "masks_cut_to_silhouette": sum(r["cut"] for r in records),
+            "masks_from_hull": sum(r["shape"] == "hull" for r in records)}
 
 
 def _train(run: Run) -> dict:
@@ -183,7 +184,8 @@ def _check_masks(run: Run) -> str:
     masks = run.masks()
     _require_files(run.ws, [m["mask"] for m in masks])
     read_workspace_file(run.ws.head_volume_json, lambda p: json.loads(p.read_text())["semi_axes"])
-    return f"{len(masks)} masks, {sum(m['shape'] == 'silhouette' for m in masks)} cut to the head's silhouette"
+    return (f"{len(masks)} masks, {sum(bool(m.get('cut')) for m in masks)} cut to the head's silhouette, "
+            f"{sum(m['shape'] == 'hull' for m in masks)} from the visual hull")
 
 
 def _check_sfm(run: Run) -> str:

@@ -8,7 +8,7 @@ Layout (also documented in docs/workspace.md):
     faces.json              per frame: the face a detector found (or null) and its head ellipse
     head_volume.json        the head's ellipsoid in the world frame: centre, axes, what placed and sized it
     masks/NNNNNN.png        soft head masks (uint8, 255 = head), same names as frames/
-    masks.json              per registered frame: the projected head ellipse, silhouette or ellipse
+    masks.json              per registered frame: the projected head ellipse, the mask's shape (hull, ...)
     sfm/                    COLMAP database and the kept sparse model (binary)
     cameras.json            registered frames: intrinsics + world_to_camera (OpenCV)
     points.npz              sparse points in the same world frame: xyz [P,3], rgb [P,3] uint8

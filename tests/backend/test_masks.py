@@ -16,8 +16,8 @@ from facesplat import pipeline
 from facesplat.config import Config, FacesConfig, FramesConfig, MaskConfig
 from facesplat.faces import HeadEllipse, detect_faces, reject_outliers
 from facesplat.frames import load_image_folder
-from facesplat.head3d import HeadVolume
-from facesplat.masks import head_silhouette, masks_from_head_volume
+from facesplat.head3d import HeadVolume, project_ellipsoid
+from facesplat.masks import head_silhouette, masks_from_head_volume, search_volume, soft_ellipse_mask
 from facesplat.stage import StageContext
 from facesplat.workspace import Workspace
 
@@ -70,14 +70,18 @@ def test_capture_masks_cover_the_true_head(capture_run, capture_dir):
     assert json.loads(ws.masks_json.read_text()) == masks
     assert len(masks) == CAPTURE_FRAMES  # every frame registered, every registered frame masked
     assert all(m["source"] == "projected" for m in masks)
-    assert sum(m["shape"] == "silhouette" for m in masks) >= 0.9 * len(masks)
+    assert all(m["shape"] == "hull" for m in masks), "the cuts were voted into one visual hull"
+    assert sum(m["cut"] for m in masks) >= 0.9 * len(masks)
     faces = {f["frame_index"]: f["head"] for f in json.loads(ws.faces_json.read_text())}
     assert 0 < sum(h is None for h in faces.values()), "some frames have no face: their masks come from 3D too"
 
     recalls, precisions = mask_scores(ws, frames, masks, capture_dir)
     assert recalls.min() > 0.97, recalls
     assert recalls.mean() > 0.99, recalls
-    assert precisions.mean() > 0.85, precisions  # the rest is neck and a margin of background
+    # The rest is a margin of background (measured 0.967 mean, 0.948 worst; the per-view cuts
+    # alone: 0.912 and 0.707).
+    assert precisions.mean() > 0.94, precisions
+    assert precisions.min() > 0.9, precisions
     volume = json.loads(ws.head_volume_json.read_text())
     assert volume["center_from"] == "faces" and volume["size_from"] == "points"
     # In the head frame (metres, origin at the head), a head is about 0.1 m in radius.
@@ -85,26 +89,40 @@ def test_capture_masks_cover_the_true_head(capture_run, capture_dir):
     assert all(0.06 < a < 0.25 for a in volume["semi_axes"])
 
 
-def test_silhouette_cut_removes_the_background_inside_the_ellipse(capture_run, capture_dir, tmp_path):
-    ws_full, frames, cut = capture_run
-    ws = Workspace(tmp_path / "ws").prepare()
-    shutil.copytree(ws_full.frames_dir, ws.frames_dir)
+def test_silhouette_cut_and_hull_remove_the_background_inside_the_ellipse(capture_run, capture_dir, tmp_path):
+    ws_full, frames, hull = capture_run
     v = json.loads(ws_full.head_volume_json.read_text())
     volume = HeadVolume(np.array(v["center"]), np.array(v["rotation"]), np.array(v["semi_axes"]),
                         v["center_from"], v["size_from"])
     cameras = pipeline.Run(ws_full, Config(), StageContext()).cameras()
-    ellipses = masks_from_head_volume(cameras, volume, ws.root, ws.fresh_dir(ws.masks_dir), MaskConfig(refine=False),
-                                      StageContext())
-    assert all(m["shape"] == "ellipse" for m in ellipses)
-    assert [(m["center"], m["axes"]) for m in ellipses] == [(m["center"], m["axes"]) for m in cut]
+    scores = {}
+    for name, cfg in (("ellipse", MaskConfig(refine=False)), ("cut", MaskConfig(hull=False))):
+        ws = Workspace(tmp_path / name).prepare()
+        shutil.copytree(ws_full.frames_dir, ws.frames_dir)
+        records = masks_from_head_volume(cameras, volume, ws.root, ws.fresh_dir(ws.masks_dir), cfg, StageContext())
+        assert [(m["center"], m["axes"]) for m in records] == [(m["center"], m["axes"]) for m in hull]
+        scores[name] = (ws, records, *mask_scores(ws, frames, records, capture_dir))
+    scores["hull"] = (ws_full, hull, *mask_scores(ws_full, frames, hull, capture_dir))
 
-    recalls, precisions = mask_scores(ws, frames, ellipses, capture_dir)
-    cut_recalls, cut_precisions = mask_scores(ws_full, frames, cut, capture_dir)
-    assert precisions.mean() < 0.75, "the ellipse holds much background"
-    assert cut_precisions.mean() > precisions.mean() + 0.15
-    assert cut_recalls.mean() > recalls.mean() - 0.01, "and the cut keeps the head"
-    for ellipse, silhouette in zip(ellipses, cut):  # cut inside the ellipse: never more
-        assert (read_mask(ws_full, silhouette).astype(int) <= read_mask(ws, ellipse)).all()
+    ws_ellipse, ellipses, ellipse_recalls, ellipse_precisions = scores["ellipse"]
+    ws_cut, cut, cut_recalls, cut_precisions = scores["cut"]
+    assert all(m["shape"] == "ellipse" and not m["cut"] for m in ellipses)
+    assert sum(m["shape"] == "silhouette" for m in cut) >= 0.9 * len(hull)
+    assert ellipse_precisions.mean() < 0.75, "the ellipse holds much background"
+    assert cut_precisions.mean() > ellipse_precisions.mean() + 0.15
+    assert cut_recalls.mean() > ellipse_recalls.mean() - 0.01, "and the cut keeps the head"
+    _, _, hull_recalls, hull_precisions = scores["hull"]
+    assert hull_precisions.mean() > cut_precisions.mean(), "the hull removes what one view's cut kept"
+    assert hull_precisions.min() > cut_precisions.min() + 0.1
+    assert hull_recalls.min() > 0.97
+
+    for record, ellipse, cut_record in zip(hull, ellipses, cut):
+        # The cut stays inside the ellipse; the hull inside the ellipse grown as far as the cut searches.
+        assert (read_mask(ws_cut, cut_record).astype(int) <= read_mask(ws_ellipse, ellipse)).all()
+        camera = next(c for c in cameras if c.frame_index == record["frame_index"])
+        search = HeadEllipse("projected", *project_ellipsoid(search_volume(volume), camera))
+        bound = soft_ellipse_mask((camera.height, camera.width), search, MaskConfig().blur_fraction)
+        assert (read_mask(ws_full, record) <= bound).all()
 
 
 @pytest.mark.parametrize("name", ["astronaut.png", "obama.jpg"])

@@ -85,6 +85,14 @@ class MaskConfig:
               "colour (try it when head.ply misses hair or ears that match the background's colour)",
         flag="--ellipse-masks", invert=True)
     refine_margin: float = knob(0.02, "grow the silhouette by this fraction of the ellipse's minor axis")
+    hull: bool = knob(True, "make the cuts consistent across views: each mask is the view of the visual hull "
+                            "voted from all views' cuts (needs refine)")
+    hull_vote: float = knob(
+        1.0, "a voxel of the hull is head when it lies inside the cut in at least this fraction of the views that "
+             "see it (1.0, the classic hull: on 11 photos of a statue 0.9 let back the wood that one view carves "
+             "and on the rendered orbit precision fell from 0.94 to 0.92)")
+    hull_resolution: int = knob(64, "voxels across the hull's grid (over the grown head ellipsoid)")
+    hull_min_views: int = knob(3, "carve a hull only from at least this many cut views; fewer keep their own cuts")
 
 
 @dataclass
