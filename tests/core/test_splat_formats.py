@@ -91,17 +91,18 @@ def test_round_trip_through_every_format_and_back(head, tmp_path):
     assert err["position"] < 1e-3 and err["rotation_deg"] < 0.6 and err["alpha"] < 2 / 255
 
 
-gaussforge = pytest.importorskip("gaussforge", reason="gaussforge (requirements.txt) cross-checks the formats")
-
-
 def _gf_arrays(result):
     data = result["data"]
     f = lambda key, width: np.frombuffer(data[key], np.float32).reshape(-1, width)  # noqa: E731
     return f("positions", 3), f("rotations", 4), f("colors", 3), f("alphas", 1)[:, 0], f("scales", 3), f("sh", 9)
 
 
+def _gaussforge():
+    return pytest.importorskip("gaussforge", reason="gaussforge (requirements.txt) cross-checks the formats")
+
+
 def test_gaussforge_decodes_our_files_as_we_do(head, tmp_path):
-    gf = gaussforge.GaussForge()
+    gf = _gaussforge().GaussForge()
     for name, fmt in (("h.spz", "spz"), ("h.compressed.ply", "compressed.ply")):
         write_splats(tmp_path / name, head)
         ours = read_splats(tmp_path / name)
@@ -120,7 +121,7 @@ def test_gaussforge_decodes_our_files_as_we_do(head, tmp_path):
 
 
 def test_we_read_gaussforge_files(head, tmp_path):
-    gf = gaussforge.GaussForge()
+    gf = _gaussforge().GaussForge()
     ply = HEAD.read_bytes()
     for name, fmt in (("g.spz", "spz"), ("g.compressed.ply", "compressed.ply")):
         result = gf.convert(ply, "ply", fmt)
