@@ -1,4 +1,4 @@
-"""Command line: `facesplat run`, `facesplat isolate`, `facesplat check`. The only module that exits.
+"""Command line: `facesplat run`, `facesplat isolate`, `facesplat check`, `facesplat convert`. The only module that exits.
 
 The flags come from core/config.py's knobs (`option_schema`), so the CLI and the Blender add-on
 show the same defaults, bounds and choices.
@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="say what state a workspace is in and whether its files are consistent")
     check.add_argument("--workspace", type=Path, required=True)
+
+    # --- convert: splat formats (core/formats.py) ---
+    convert = sub.add_parser("convert", help="convert a splat between .ply, .spz and .compressed.ply")
+    convert.add_argument("input", type=Path, help="a .ply, .spz or .compressed.ply file (told apart by content)")
+    convert.add_argument("output", type=Path, help="the format follows the suffix: .ply, .spz or .compressed.ply")
     return parser
 
 
@@ -116,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _check(args)
+        if args.command == "convert":
+            return _convert(args)
         cfg = config_from_args(args, args.command)
         from . import pipeline
         from .core.events import EventWriter
@@ -160,6 +167,26 @@ def _check(args) -> int:
         print(f"facesplat: error: the workspace is inconsistent: {problems[0]}; delete the damaged stage's files "
               "(or the workspace) and run again", file=sys.stderr)
         return 3
+    return 0
+
+
+def _convert(args) -> int:
+    """Read any splat format, write the one OUTPUT's suffix names (atomically: nothing on error)."""
+    from .core.formats import format_for_output, read_splats, write_splats
+    from .core.ply import PlyFormatError
+
+    try:
+        format_for_output(args.output)
+        if args.output.exists() and args.input.exists() and args.output.resolve() == args.input.resolve():
+            raise InputError(f"{args.output} is the input; choose another output file name")
+        splats = read_splats(args.input)
+        fmt = write_splats(args.output, splats)
+    except (PlyFormatError, ValueError) as err:
+        raise InputError(str(err)) from None
+    except OSError as err:
+        raise InputError(f"cannot write {args.output}: {err.strerror}; choose another output path") from None
+    print(f"wrote {args.output} ({fmt}): {len(splats)} Gaussians, SH degree {splats.sh_degree}, "
+          f"{args.output.stat().st_size} bytes", file=sys.stderr)
     return 0
 
 

@@ -26,6 +26,7 @@ from .config import Config, config_hash
 from .core import events as events_module
 from .core.files import atomic_write_bytes
 from .errors import Cancelled, DeviceError, FaceSplatError, InputError, StageError
+from .provenance import source_record, write_sidecar
 from .stage import StageContext
 from .workspace import Workspace, atomic_write_json, check_writable, is_disk_full
 
@@ -370,7 +371,8 @@ def run(source: Path, is_images: bool, output: Path, ws: Workspace, cfg: Config,
         report = run_stages(Run(ws, cfg, ctx, Path(source), is_images))
         with stage_errors("export"):
             atomic_write_bytes(output, ws.head_ply.read_bytes())
-        report = ws.update_report(output=str(Path(output).resolve()))
+            report = ws.update_report(output=str(Path(output).resolve()), source=source_record(source, is_images))
+            write_sidecar(output, report, cfg, ctx.device)  # head.ply -> head.json
     ctx.emit("done", 1.0, f"wrote {output} ({report.get('gaussians_after_isolation', '?')} Gaussians)",
              output=str(Path(output).resolve()))
     return report
@@ -387,6 +389,7 @@ def reisolate(ws: Workspace, output: Path, cfg: Config, ctx: StageContext) -> di
         report = run_stages(Run(ws, cfg, ctx), [STAGE_BY_NAME["isolate"]], chain=chain)
         with stage_errors("export"):
             atomic_write_bytes(output, ws.head_ply.read_bytes())
+            write_sidecar(output, report, cfg, ctx.device)
     ctx.emit("done", 1.0, f"wrote {output} ({report['gaussians_after_isolation']} Gaussians)",
              output=str(Path(output).resolve()))
     return report

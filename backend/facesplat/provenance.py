@@ -1,0 +1,101 @@
+"""The provenance sidecar: `head.ply` -> `head.json`, what an archive needs to know about a head.
+
+Written next to every head.ply the CLI writes (pipeline.run and reisolate); its JSON Schema is
+docs/provenance.schema.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import platform
+from importlib import metadata
+from pathlib import Path
+
+from . import __version__
+from .config import Config
+from .workspace import atomic_write_json
+
+FORMAT = 1
+COORDINATE_FRAME = {
+    "axes": "right-handed; +Z up, the face towards -Y, the head near the origin",
+    "units": "metres, approximate (scaled so the median camera distance is 0.5 m)",
+    "up": "+Z", "face_towards": "-Y", "scale_basis": "median camera distance = 0.5"}
+PACKAGES = ("torch", "pycolmap", "numba", "numpy", "gsplat")
+REPORT_FIGURES = ("frames_sampled", "frames_with_face", "frames_registered", "mean_reprojection_error_px",
+                  "gaussians_trained", "gaussians_before_isolation", "psnr_in_mask_db")
+
+
+def sidecar_path(output: Path) -> Path:
+    """head.ply -> head.json (never the output itself)."""
+    output = Path(output)
+    path = output.with_suffix(".json")
+    return path if path != output else output.with_name(output.name + ".provenance.json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_record(source: Path, is_images: bool) -> dict:
+    """Name, size and SHA-256 of the input video, or of an image folder (its photos' total size; the
+    hash of their names and hashes, in sorted order)."""
+    from .frames import list_images
+
+    source = Path(source)
+    if not is_images:
+        return {"kind": "video", "name": source.name, "size": source.stat().st_size, "sha256": _sha256(source)}
+    files = list_images(source)
+    digest = hashlib.sha256()
+    for p in files:
+        digest.update(f"{p.name}\0{_sha256(p)}\n".encode())
+    return {"kind": "images", "name": source.name, "size": sum(p.stat().st_size for p in files),
+            "files": len(files), "sha256": digest.hexdigest()}
+
+
+def _versions() -> dict:
+    versions = {"facesplat": __version__, "python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _ply_sh_degree(path: Path) -> int:
+    from .core.ply import read_splat_ply
+
+    return read_splat_ply(path).sh_degree
+
+
+def provenance(output: Path, report: dict, cfg: Config, device) -> dict:
+    output = Path(output)
+    return {
+        "facesplat_provenance": FORMAT,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "file": {"name": output.name, "size": output.stat().st_size, "sha256": _sha256(output),
+                 "format": "3DGS PLY (binary little-endian, Inria property order)",
+                 "sh_degree": _ply_sh_degree(output)},
+        "source": report.get("source"),
+        "parameters": dataclasses.asdict(cfg),
+        "software": _versions(),
+        "device": str(device),
+        "renderer": report.get("renderer"),
+        "stage_seconds": report.get("stage_seconds", {}),
+        **{key: report.get(key) for key in REPORT_FIGURES},
+        "gaussians_kept": report.get("gaussians_after_isolation"),
+        "coordinate_frame": COORDINATE_FRAME,
+    }
+
+
+def write_sidecar(output: Path, report: dict, cfg: Config, device) -> Path:
+    """Write `output`'s provenance next to it, atomically; returns the sidecar's path."""
+    path = sidecar_path(output)
+    atomic_write_json(path, provenance(output, report, cfg, device))
+    return path
