@@ -13,7 +13,7 @@ import pytest
 from facesplat.core.cameras import read_cameras_json, project_points
 from facesplat.core.events import read_events
 from facesplat.core.ply import read_splat_ply
-from helpers import run_cli
+from helpers import REPO, run_cli
 
 ARGS = ["--num-frames", "16", "--height", "270", "--num-iters", "300", "--device", "cpu"]
 
@@ -78,6 +78,13 @@ def test_run_writes_a_head_and_a_complete_workspace(finished_run, capture_dir):
     assert events[-1]["stage"] == "done"
     assert all(0.0 <= e["progress"] <= 1.0 for e in events)
     assert (ws / "preview.png").exists()
+    # The provenance sidecar beside the output, valid against its published schema.
+    import jsonschema
+
+    sidecar = json.loads((out / "head.json").read_text())
+    schema = json.loads((REPO / "docs" / "provenance.schema.json").read_text())
+    jsonschema.validate(sidecar, schema)
+    assert sidecar["source"]["name"] == "video.mp4"
 
 
 def test_isolation_keeps_the_head_and_drops_the_room(finished_run, capture_dir):
