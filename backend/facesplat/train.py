@@ -4,7 +4,7 @@ Loss per step (one view, rendered only inside the head's box):
     (1 - w) * masked L1 + w * masked (1 - SSIM)   on head pixels (soft mask weights), w = 0.2
     + bg_alpha_weight * mean(alpha * (1 - mask))  drives opacity to zero off the head
 A random background colour each step keeps the head opaque instead of borrowing the background.
-Densification is gsplat's DefaultStrategy rules (strategy.py), one Adam optimizer per parameter.
+Densification follows the 3DGS rules as gsplat applies them (strategy.py), one Adam optimizer per parameter.
 """
 
 from __future__ import annotations
