@@ -13,6 +13,12 @@ sys.path.insert(0, str(REPO / "backend"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "packaging: installs the package into a fresh venv from PyPI (slow); "
+                   "deselect with -m 'not packaging'")
+
+
 @pytest.fixture(scope="session")
 def capture_dir() -> Path:
     if not (CAPTURE / "video.mp4").exists():
