@@ -55,6 +55,8 @@ def venv(tmp_path_factory) -> Path:
     for step in ([TORCH], [source]):
         result = _run(pip + step, timeout=1500, env=_clean_env())
         assert result.returncode == 0, f"pip install {step[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    # About 1.5 GB, left to pytest's own clean-up of old temp folders: deleting it here took longer
+    # than the whole install from pip's cache.
     return env_dir
 
 
