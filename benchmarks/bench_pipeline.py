@@ -1,6 +1,6 @@
 """Benchmark the whole pipeline on a rendered capture with ground truth (not a test).
 
-    python benchmarks/bench_pipeline.py [--capture ../shared/data/captures/lps_orbit160]
+    python benchmarks/bench_pipeline.py [--capture samples/lps_orbit160]
         [--height 270] [--num-frames 40] [--num-iters 800] [--device auto] [--workspace DIR]
 
 Prints per-stage wall time, peak memory, frames registered, Gaussians kept, and, on held-out
@@ -122,7 +122,7 @@ def held_out_metrics(ws: Path, capture: Path, video: Path, splats, scene=None) -
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--capture", type=Path, default=REPO.parent / "shared/data/captures/lps_orbit160")
+    ap.add_argument("--capture", type=Path, default=REPO / "samples" / "lps_orbit160")
     ap.add_argument("--height", type=int, default=270)
     ap.add_argument("--num-frames", type=int, default=40)
     ap.add_argument("--num-iters", type=int, default=800)

@@ -1,4 +1,4 @@
-"""Ground truth of a rendered capture (../shared/data/captures/<name>/): the head's true silhouette.
+"""Ground truth of a rendered capture (samples/<name>/, or ../shared/data/captures/<name>/): the head's true silhouette.
 
 Used by the benchmark and by the masks tests. The capture's own masks cover the whole bust
 (shoulders included); FaceSplat keeps the head and neck, so comparisons cut the bust at the

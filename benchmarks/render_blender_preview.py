@@ -24,7 +24,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "backend")]
-CAPTURE = REPO.parent / "shared" / "data" / "captures" / "lps_orbit160"
+CAPTURE = REPO / "samples" / "lps_orbit160"
 
 
 # ---- stand-in workspace from the sample capture's mesh (no backend needed) ---------------------

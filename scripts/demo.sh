@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-VIDEO=${VIDEO:-../shared/data/captures/lps_orbit160/video.mp4}
+VIDEO=${VIDEO:-samples/lps_orbit160/video.mp4}
 facesplat run --video "$VIDEO" --output runs/lps_orbit160/head.ply \
     --workspace runs/lps_orbit160/workspace --height 270 --num-iters 800 --device auto "$@"

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-CAPTURE = SHARED / "data" / "captures" / "lps_orbit160"
+SHARED = REPO.parent / "shared"  # the team's larger test data (photos, ...); absent on a clean clone
+CAPTURE = REPO / "samples" / "lps_orbit160"  # the sample capture ships in the repository
 
 # Tests import the backend from the checkout (also works without `pip install -e backend`).
 sys.path.insert(0, str(REPO / "backend"))
@@ -13,8 +13,14 @@ sys.path.insert(0, str(REPO / "backend"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "packaging: installs the package into a fresh venv from PyPI (slow); "
+                   "deselect with -m 'not packaging'")
+
+
 @pytest.fixture(scope="session")
 def capture_dir() -> Path:
     if not (CAPTURE / "video.mp4").exists():
-        pytest.skip(f"sample capture not found at {CAPTURE}")
+        pytest.fail(f"the sample capture is missing from the checkout: {CAPTURE}")
     return CAPTURE

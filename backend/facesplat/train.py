@@ -4,8 +4,13 @@ Loss per step (one view, rendered only inside the head's box):
     (1 - w) * masked L1 + w * masked (1 - SSIM)   on head pixels (soft mask weights), w = 0.2
     + bg_alpha_weight * mean(alpha * (1 - mask))  drives opacity to zero off the head
 A random background colour each step keeps the head opaque instead of borrowing the background.
-Densification is gsplat's DefaultStrategy rules (strategy.py), one Adam optimizer per parameter.
+Densification follows the 3DGS rules as gsplat applies them (strategy.py), one Adam optimizer per parameter.
 Every knob is in TrainConfig; the rasterizer backend follows from the device of the views.
+
+On the CPU a run is a function of its inputs, `cfg.seed` and the thread count: the view order,
+the backgrounds and the split draws come from the seed, and the CPU kernels write one gradient per
+(tile, Gaussian) entry, no atomics. gsplat's CUDA backward adds atomically, so CUDA runs differ in
+their last bits from run to run.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 - "torch": plain PyTorch with autograd; the reference, and the route on Apple MPS.
 
 All three follow gsplat's conventions (see `projection.py`) and return gsplat's unpacked `info`,
-so gsplat's `DefaultStrategy` densifies with any of them.
+so one densification strategy (strategy.py) serves them all.
 """
 
 from __future__ import annotations
@@ -37,12 +37,10 @@ def available_backends() -> list[str]:
 def _available() -> tuple[str, ...]:
     found = []
     if torch.cuda.is_available():
-        try:
-            import gsplat  # noqa: F401  (imports, but compiles its CUDA code only on first use)
+        from . import gsplat_backend  # only here, with CUDA, is gsplat ever imported
 
+        if gsplat_backend.importable():
             found.append("gsplat")
-        except ImportError:
-            pass
     if importlib.util.find_spec("numba") is not None:
         found.append("cpu")
     found.append("torch")

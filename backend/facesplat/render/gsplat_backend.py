@@ -7,6 +7,15 @@ from torch import Tensor
 from .projection import EPS2D, NEAR_PLANE
 
 
+def importable() -> bool:
+    """Whether gsplat imports (it compiles its CUDA code only on first use, not here)."""
+    try:
+        import gsplat  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def rasterize(
     means: Tensor,  # [N, 3]
     quats: Tensor,  # [N, 4]
