@@ -1,4 +1,4 @@
-"""Command line: `facesplat run`, `facesplat isolate`, `facesplat check`. The only module that exits.
+"""Command line: `facesplat run`, `facesplat isolate`, `facesplat check`, `facesplat batch`. The only module that exits.
 
 The flags come from core/config.py's knobs (`option_schema`), so the CLI and the Blender add-on
 show the same defaults, bounds and choices.
@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="say what state a workspace is in and whether its files are consistent")
     check.add_argument("--workspace", type=Path, required=True)
+
+    # --- batch: many captures as Ray tasks (batch.py; imports Ray only when it runs) ---
+    from .batch import add_batch_parser
+
+    add_batch_parser(sub, _add_options)
     return parser
 
 
@@ -116,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _check(args)
+        if args.command == "batch":
+            from .batch import run_batch
+
+            return run_batch(args)
         cfg = config_from_args(args, args.command)
         from . import pipeline
         from .core.events import EventWriter
