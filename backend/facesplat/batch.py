@@ -7,9 +7,10 @@
 
 A capture is one Ray task, and the task runs `python -m facesplat run ...` as its child process:
 a crash of the pipeline (COLMAP aborts the process on some errors) fails that capture only, and
-Ctrl-C / `ray.cancel` reaches the child as SIGTERM, which `facesplat run` treats like Ctrl-C
-(finish the current atomic write, keep every finished stage). The child also gets SIGTERM when
-its Ray worker dies (PR_SET_PDEATHSIG), so no orphan keeps a workspace locked.
+Ctrl-C / `ray.cancel` reaches the child as SIGINT: `facesplat run` finishes its current atomic
+write and keeps every finished stage. (Not SIGTERM: pycolmap's glog handler catches SIGTERM and
+aborts the process with a stack trace.) The child also gets SIGINT when its Ray worker dies
+(PR_SET_PDEATHSIG), so no orphan keeps a workspace locked.
 
 A capture whose head.ply exists and whose stage markers all match its settings is finished: a
 re-run reports it from its report.json without starting a task. Everything else (failed,
@@ -21,6 +22,7 @@ Ray is imported only when the command runs (`pip install 'facesplat[batch]'`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -218,11 +220,11 @@ def is_finished(c: Capture, output_dir: Path) -> bool:
 # --- one capture: the Ray task's body -----------------------------------------------------------
 
 def _stop_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the Ray worker that started it dies (Linux)."""
+    """In the child, before exec: SIGINT when the Ray worker that started it dies (Linux)."""
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 
@@ -230,7 +232,7 @@ def _stop_with_parent() -> None:
 def run_capture(argv: list[str], log_path: str) -> dict:
     """Run `python -m facesplat <argv>` with its output appended to `log_path`; returns
     {exit_code, cause, seconds}. A cancel (KeyboardInterrupt from ray.cancel) stops the child
-    with SIGTERM and waits for it, so its workspace is left resumable."""
+    with SIGINT and waits for it, so its workspace is left resumable."""
     import facesplat
 
     env = dict(os.environ, TQDM_DISABLE="1")  # the log gets the result lines, not progress bars
@@ -245,9 +247,9 @@ def run_capture(argv: list[str], log_path: str) -> dict:
                                 stderr=subprocess.STDOUT, env=env,
                                 preexec_fn=_stop_with_parent if sys.platform.startswith("linux") else None)
         try:
-            code = proc.wait()
+            code = _wait(proc)
         except BaseException:
-            proc.terminate()
+            proc.send_signal(signal.SIGINT)
             try:
                 proc.wait(timeout=STOP_SECONDS)
             except subprocess.TimeoutExpired:
@@ -255,6 +257,16 @@ def run_capture(argv: list[str], log_path: str) -> dict:
                 proc.wait()
             raise
     return {"exit_code": code, "cause": _error_line(Path(log_path), code), "seconds": round(time.time() - started, 1)}
+
+
+def _wait(proc: subprocess.Popen) -> int:
+    """Wait in short steps: ray.cancel's KeyboardInterrupt is raised between Python bytecodes,
+    never inside one blocking wait."""
+    while True:
+        try:
+            return proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def _error_line(log: Path, code: int) -> str:
@@ -339,7 +351,8 @@ def run_batch(args: argparse.Namespace) -> int:
                 .remote(run_argv(c, output_dir, args.preset), str(c.log(output_dir)))
             pending[ref] = c
         while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
+            # A timeout, so that Ctrl-C (handled between Python bytecodes) is not held until a capture ends.
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
             for ref in ready:
                 c = pending.pop(ref)
                 results[c.name] = _finished_result(ray, ref, c, output_dir)
@@ -415,7 +428,7 @@ def _finished_result(ray, ref, c: Capture, output_dir: Path) -> dict:
 
 
 def _cancel(ray, pending: dict, results: dict, output_dir: Path) -> None:
-    """Cancel every task (a running one gets KeyboardInterrupt, so its child SIGTERM) and wait for
+    """Cancel every task (a running one gets KeyboardInterrupt, so its child SIGINT) and wait for
     the running ones to stop; a capture that still finishes in that time counts as done."""
     for ref in pending:
         ray.cancel(ref)
@@ -425,13 +438,11 @@ def _cancel(ray, pending: dict, results: dict, output_dir: Path) -> None:
             ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=1.0)
             for ref in ready:
                 c = pending.pop(ref)
-                try:
-                    done = ray.get(ref)["exit_code"] == 0
-                except ray.exceptions.RayError:  # TaskCancelledError, mostly
-                    done = False
-                results[c.name] = _result(c, output_dir, "done") if done else \
+                with contextlib.suppress(ray.exceptions.RayError):  # TaskCancelledError, mostly
+                    ray.get(ref)
+                results[c.name] = _result(c, output_dir, "done") if is_finished(c, output_dir) else \
                     _result(c, output_dir, "interrupted", cause="interrupted; run the same batch again to resume")
-    except KeyboardInterrupt:  # a second Ctrl-C: stop waiting; the children get SIGTERM as Ray shuts down
+    except KeyboardInterrupt:  # a second Ctrl-C: stop waiting; the children get SIGINT as Ray shuts down
         pass
     for c in pending.values():
         results[c.name] = _result(c, output_dir, "interrupted", cause="interrupted; run the same batch again to resume")
