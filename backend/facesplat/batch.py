@@ -229,13 +229,15 @@ def _stop_with_parent() -> None:
         pass
 
 
-def run_capture(argv: list[str], log_path: str) -> dict:
+def run_capture(argv: list[str], log_path: str, gpus: float = 0.0) -> dict:
     """Run `python -m facesplat <argv>` with its output appended to `log_path`; returns
     {exit_code, cause, seconds}. A cancel (KeyboardInterrupt from ray.cancel) stops the child
     with SIGINT and waits for it, so its workspace is left resumable."""
     import facesplat
 
     env = dict(os.environ, TQDM_DISABLE="1")  # the log gets the result lines, not progress bars
+    if not gpus:  # Ray leaves CUDA_VISIBLE_DEVICES alone for a task without GPUs: hide them, or
+        env["CUDA_VISIBLE_DEVICES"] = ""  # --device auto would use a GPU another capture holds
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(Path(facesplat.__file__).resolve().parents[1]), env.get("PYTHONPATH")) if p)
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
@@ -316,40 +318,35 @@ def run_batch(args: argparse.Namespace) -> int:
     except OSError as err:
         raise InputError(f"cannot create --output-dir {output_dir}: {err.strerror}; choose another folder") from None
 
-    results = {c.name: _result(c, output_dir, "pending") for c in captures}
-    todo = []
-    for c in captures:
-        if is_finished(c, output_dir):
-            results[c.name] = _result(c, output_dir, "done", skipped=True)
-        else:
-            todo.append(c)
-
-    bar = tqdm(total=len(captures), initial=len(captures) - len(todo), desc="captures", file=sys.stderr,
-               unit="capture", bar_format="{desc} {n_fmt}/{total_fmt}|{bar:24}| {elapsed}<{remaining} {postfix}")
-
-    def say(line: str) -> None:
-        bar.write(line, file=sys.stderr)
-
-    for c in captures:
-        if results[c.name]["skipped"]:
-            say(f"done    {c.name}: already finished, skipped ({_figures_line(results[c.name])})")
-    _write_tables(output_dir, args.inputs, results)
-    if not todo:
-        bar.close()
-        return _summary(results, say)
-
-    _start_ray(ray, args)
-    pending = {}
+    todo = [c for c in captures if not is_finished(c, output_dir)]
+    todo_names = {c.name for c in todo}
+    if todo:  # before anything is written: a cluster that cannot be reached leaves batch.json as it was
+        _start_ray(ray, args)
+    bar, pending = None, {}
+    results = {c.name: _result(c, output_dir, "pending") if c.name in todo_names else
+               _result(c, output_dir, "done", skipped=True) for c in captures}
     try:
-        gpus = _gpus_per_capture(ray, args)
-        _check_feasible(ray, args, gpus)
-        say(f"running {len(todo)} captures on Ray ({_cluster_line(ray)}), {args.num_cpus_per_capture:g} CPU and "
-            f"{gpus:g} GPU each")
+        gpus = _gpus_per_capture(ray, args) if todo else 0.0
+        if todo:
+            _check_feasible(ray, args, gpus)
+        bar = tqdm(total=len(captures), initial=len(captures) - len(todo), desc="captures", file=sys.stderr,
+                   unit="capture", bar_format="{desc} {n_fmt}/{total_fmt}|{bar:24}| {elapsed}<{remaining}")
+
+        def say(line: str) -> None:
+            bar.write(line, file=sys.stderr)
+
+        for c in captures:
+            if c.name not in todo_names:
+                say(f"done    {c.name}: already finished, skipped ({_figures_line(results[c.name])})")
+        if todo:
+            say(f"running {len(todo)} captures on Ray ({_cluster_line(ray)}), {args.num_cpus_per_capture:g} CPU "
+                f"and {gpus:g} GPU each")
         task = ray.remote(run_capture)
         for c in todo:
             ref = task.options(num_cpus=args.num_cpus_per_capture, num_gpus=gpus, name=f"facesplat {c.name}") \
-                .remote(run_argv(c, output_dir, args.preset), str(c.log(output_dir)))
+                .remote(run_argv(c, output_dir, args.preset), str(c.log(output_dir)), gpus)
             pending[ref] = c
+        _write_tables(output_dir, args.inputs, results)
         while pending:
             # A timeout, so that Ctrl-C (handled between Python bytecodes) is not held until a capture ends.
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
@@ -358,9 +355,11 @@ def run_batch(args: argparse.Namespace) -> int:
                 results[c.name] = _finished_result(ray, ref, c, output_dir)
                 say(_finished_line(results[c.name]))
                 bar.update(1)
-            _write_tables(output_dir, args.inputs, results)
+            if ready:
+                _write_tables(output_dir, args.inputs, results)
     except KeyboardInterrupt:
-        bar.close()
+        if bar is not None:
+            bar.close()
         print("facesplat: interrupted; stopping the running captures (their workspaces stay resumable) ...",
               file=sys.stderr)
         _cancel(ray, pending, results, output_dir)
@@ -369,24 +368,46 @@ def run_batch(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     finally:
-        bar.close()
-        ray.shutdown()  # stops the local instance (with --address: only disconnects)
-    return _summary(results, say)
+        if bar is not None:
+            bar.close()
+        if todo:
+            ray.shutdown()  # stops the local instance (with --address: only disconnects)
+    return _summary(results)
 
 
 def _start_ray(ray, args) -> None:
     import logging
 
+    if args.address:
+        _check_reachable(args.address)
     try:
         if args.address:
             ray.init(address=args.address, log_to_driver=False, logging_level=logging.WARNING)
         else:
-            ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
+            # "local": a new instance of our own, even when a `ray start` cluster runs on this machine.
+            ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as err:
         where = f"the Ray cluster at {args.address}" if args.address else "a local Ray instance"
+        advice = ("check the address ('ray status' on the head node); a cluster with token authentication (Ray's "
+                  "default) also needs RAY_AUTH_MODE=token and its token in ~/.ray/auth_token or RAY_AUTH_TOKEN"
+                  if args.address else "see Ray's message above")
         raise InputError(f"cannot start or reach {where} ({str(err).splitlines()[0] if str(err) else err!r}); "
-                         "check the address ('ray status' on the head node)") from None
+                         f"{advice}") from None
+
+
+def _check_reachable(address: str) -> None:
+    """A HOST:PORT nobody listens on: say so now (ray.init retries it for many minutes)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", or a form Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as err:
+        raise InputError(f"nothing answers at --address {address} ({err.strerror or err}); start the cluster "
+                         "('ray start --head' on the head node) or fix the address") from None
 
 
 def _gpus_per_capture(ray, args) -> float:
@@ -499,10 +520,10 @@ def _finished_line(r: dict) -> str:
     return f"failed  {r['name']}: {r['cause']} (log: {r['log']})"
 
 
-def _summary(results: dict, say) -> int:
+def _summary(results: dict) -> int:
     failed = [r for r in results.values() if r["status"] != "done"]
-    say(f"{len(results) - len(failed)} of {len(results)} captures done" +
-        (f", {len(failed)} failed (see batch.csv)" if failed else ""))
+    print(f"{len(results) - len(failed)} of {len(results)} captures done" +
+        (f", {len(failed)} failed (see batch.csv)" if failed else ""), file=sys.stderr)
     if failed:
         raise BatchFailed(f"{len(failed)} of {len(results)} captures failed (first: {failed[0]['name']}: "
                           f"{failed[0]['cause']}); fix them and run the same batch again: finished captures are "
