@@ -187,3 +187,50 @@ def test_without_ray_batch_says_how_to_install_it(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
     assert "facesplat batch needs Ray" in result.stderr and "pip install 'ray==2.60.0'" in result.stderr
     assert "ray==2.60.0" in (REPO / "requirements.txt").read_text()
+
+
+def test_address_joins_a_running_cluster_and_leaves_it_running(tmp_path):
+    """`ray start --head` as an administrator would (token authentication, Ray's default); the
+    batch joins it with --address, and a wrong address fails at once."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "backend"), "RAY_AUTH_MODE": "token"}
+    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--port", str(port),
+                             "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats", "--block"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        inputs = tmp_path / "inputs"
+        (inputs / "no_photos").mkdir(parents=True)
+        for _ in range(60):  # the head takes a few seconds to listen
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.5)
+        result = subprocess.run([sys.executable, "-m", "facesplat", "batch", inputs, "--output-dir", tmp_path / "out",
+                                 "--address", f"127.0.0.1:{port}", "--device", "cpu"],
+                                capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 3, result.stderr[-3000:]
+        assert "(1 node(s), 2 CPUs, 0 GPUs)" in result.stderr
+        row = json.loads((tmp_path / "out" / "batch.json").read_text())["captures"][0]
+        assert row["status"] == "failed" and row["cause"].startswith("no photos")
+        assert head.poll() is None  # joining left the cluster running
+
+        wrong = run_cli("batch", inputs, "--output-dir", tmp_path / "out2", "--address", "127.0.0.1:1", timeout=120)
+        assert wrong.returncode == 2 and "nothing answers at --address 127.0.0.1:1" in wrong.stderr, wrong.stderr
+        assert not (tmp_path / "out2" / "batch.json").exists()
+    finally:
+        head.send_signal(signal.SIGTERM)  # `ray start --block` drains and stops its processes
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        deadline = time.time() + 15
+        while processes_in_session(head.pid) and time.time() < deadline:
+            time.sleep(0.25)
+        left = processes_in_session(head.pid)
+        if left:
+            os.killpg(head.pid, signal.SIGKILL)
+        assert not left, f"the test cluster's processes outlived it: {left}"
