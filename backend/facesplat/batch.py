@@ -97,6 +97,9 @@ def list_captures(inputs: Path, output_dir: Path) -> list[Capture]:
     if not inputs.exists():
         raise InputError(f"{inputs} does not exist; give a folder of captures or a CSV manifest")
     if inputs.is_dir():
+        if inputs.resolve() == output_dir.resolve():
+            raise InputError(f"--output-dir {output_dir} is the folder of captures itself (its capture folders would "
+                             "become captures); choose another folder, e.g. a new sub-folder")
         captures = _folder_captures(inputs, output_dir)
     elif inputs.suffix.lower() == ".csv":
         captures = _manifest_captures(inputs)
@@ -107,6 +110,9 @@ def list_captures(inputs: Path, output_dir: Path) -> list[Capture]:
         raise InputError(f"no captures in {inputs}; put videos or folders of photos in it")
     seen = {}
     for c in captures:
+        if c.name in ("batch.json", "batch.csv"):
+            raise InputError(f"the capture {c.source} would be named {c.name}, the name of the batch's table; rename "
+                             "it (or give it a 'name' in a manifest)")
         if c.name in seen:
             raise InputError(f"two captures are named {c.name!r} ({seen[c.name]} and {c.source}); give them "
                              "distinct names (a manifest's 'name' column)")

@@ -176,6 +176,13 @@ def test_bad_manifest_is_one_line_exit_2_before_ray_starts(tmp_path, manifest, m
     assert not (tmp_path / "out").exists()
 
 
+def test_output_dir_may_not_be_the_folder_of_captures(tmp_path):
+    (tmp_path / "a.mp4").write_bytes(b"")
+    result = run_cli("batch", tmp_path, "--output-dir", tmp_path, timeout=120)
+    assert result.returncode == 2 and "is the folder of captures itself" in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]
+
+
 def test_without_ray_batch_says_how_to_install_it(tmp_path):
     """cli.py never imports Ray for the other commands; `batch` without it is one line, exit 2."""
     code = ("import sys\nfrom facesplat import cli\ncli.build_parser()\nassert 'ray' not in sys.modules\n"
