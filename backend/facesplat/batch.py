@@ -386,6 +386,7 @@ def _start_ray(ray, args) -> None:
 
     if args.address:
         _check_reachable(args.address)
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         if args.address:
             ray.init(address=args.address, log_to_driver=False, logging_level=logging.WARNING)
@@ -400,6 +401,8 @@ def _start_ray(ray, args) -> None:
                   if args.address else "see Ray's message above")
         raise InputError(f"cannot start or reach {where} ({str(err).splitlines()[0] if str(err) else err!r}); "
                          f"{advice}") from None
+    finally:
+        signal.signal(signal.SIGTERM, on_sigterm)  # ray.init makes SIGTERM a bare sys.exit; ours stops the tasks
 
 
 def _check_reachable(address: str) -> None:

@@ -113,7 +113,8 @@ def test_batch_two_done_one_failed_then_rerun_skips_the_finished(tmp_path, captu
     assert [c["skipped"] for c in json.loads((out / "batch.json").read_text())["captures"]] == [True, True, False]
 
 
-def test_ctrl_c_stops_every_capture_and_leaves_resumable_workspaces(tmp_path, capture_dir):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_every_capture_and_leaves_resumable_workspaces(tmp_path, capture_dir, signum):
     inputs, out = tmp_path / "inputs", tmp_path / "out"
     inputs.mkdir()
     shutil.copy(capture_dir / "video.mp4", inputs / "lps.mp4")
@@ -124,7 +125,7 @@ def test_ctrl_c_stops_every_capture_and_leaves_resumable_workspaces(tmp_path, ca
         time.sleep(0.2)
     assert faces_done.exists(), "the capture did not get past the faces stage"
     started = time.time()
-    batch.proc.send_signal(signal.SIGINT)
+    batch.proc.send_signal(signum)
     code, err = batch.finish()
     assert code == 130, err[-3000:]
     assert time.time() - started < 60
