@@ -1,4 +1,4 @@
-"""Command line: `facesplat run`, `facesplat isolate`, `facesplat check`, `facesplat convert`. The only module that exits.
+"""Command line: `facesplat run`, `isolate`, `check`, `convert` and `batch`. The only module that exits.
 
 The flags come from core/config.py's knobs (`option_schema`), so the CLI and the Blender add-on
 show the same defaults, bounds and choices.
@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert = sub.add_parser("convert", help="convert a splat between .ply, .spz and .compressed.ply")
     convert.add_argument("input", type=Path, help="a .ply, .spz or .compressed.ply file (told apart by content)")
     convert.add_argument("output", type=Path, help="the format follows the suffix: .ply, .spz or .compressed.ply")
+
+    # --- batch: many captures as Ray tasks (batch.py; imports Ray only when it runs) ---
+    from .batch import add_batch_parser
+
+    add_batch_parser(sub, _add_options)
     return parser
 
 
@@ -123,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args)
         if args.command == "convert":
             return _convert(args)
+        if args.command == "batch":
+            from .batch import run_batch
+
+            return run_batch(args)
         cfg = config_from_args(args, args.command)
         from . import pipeline
         from .core.events import EventWriter
