@@ -8,11 +8,23 @@ upright at the origin in Blender, at roughly metric scale.
 
 from __future__ import annotations
 
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pycolmap
+
+_python_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+import pycolmap  # noqa: E402
+
+# Importing pycolmap installs glog's C failure handler for SIGTERM, which aborts the process with a
+# stack dump: Cancel in Blender (SIGTERM) during SfM then left no error event. Give both signals
+# back to Python, so they stay a clean, resumable interrupt.
+if threading.current_thread() is threading.main_thread():
+    for _sig, _handler in _python_handlers.items():
+        if _handler is not None:
+            signal.signal(_sig, _handler)
 
 from .config import SfmConfig
 from .core.cameras import CameraFrame, world_to_camera_after_similarity

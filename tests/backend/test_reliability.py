@@ -299,3 +299,27 @@ def test_registration_advice_names_a_larger_height_for_small_frames():
     small = [{"width": 102, "height": 180}] * 3
     assert "--height 424" in registration_advice(small)
     assert "slower orbit" in registration_advice([{"width": 960, "height": 540}])
+
+
+# --- Cancel (SIGTERM) during structure from motion ------------------------------------------------
+
+def test_sigterm_during_sfm_is_a_clean_resumable_interrupt(finished, tmp_path):
+    """pycolmap's glog turns SIGTERM into an abort with a stack dump unless the handler is restored."""
+    ws = tmp_path / "ws"
+    args = ["run", "--video", finished[0], "--output", tmp_path / "h.ply", "--workspace", ws, *S]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "backend")}
+    proc = subprocess.Popen([sys.executable, "-m", "facesplat", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        events, _ = read_events(ws / "events.jsonl")
+        if any(e["stage"] == "sfm" for e in events):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Aborted" not in err and "Traceback" not in err
+    events, _ = read_events(ws / "events.jsonl")
+    assert events[-1]["stage"] == "error"
+    assert run_cli("check", "--workspace", ws).returncode == 0
