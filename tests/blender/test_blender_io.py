@@ -20,7 +20,7 @@ from facesplat.core.ply import Splats, property_names, read_splat_ply, write_spl
 from facesplat.core.transform import quaternion_to_matrix  # noqa: E402
 
 plyfile = pytest.importorskip("plyfile")
-LPS = REPO.parent / "shared" / "data" / "captures" / "lps_orbit160"  # the sample capture
+LPS = REPO / "samples" / "lps_orbit160"  # the sample capture, shipped in the repository
 
 
 def random_splats(n, degree, seed=0):

@@ -19,7 +19,7 @@ from blender_worker import REPO, BlenderWorker, addon, process_group_members, re
 sys.path.insert(0, str(REPO / "backend"))
 from facesplat.core.ply import read_splat_ply  # noqa: E402
 
-LPS = REPO.parent / "shared" / "data" / "captures" / "lps_orbit160"  # the sample capture
+LPS = REPO / "samples" / "lps_orbit160"  # the sample capture, shipped in the repository
 VIDEO = LPS / "video.mp4"
 TINY = {"num_frames": 16, "height": 180, "num_iters": 30}  # 10 frames register too few for SfM
 BACKEND = REPO / "backend"
