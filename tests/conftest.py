@@ -4,7 +4,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"  # the team's larger test data (photos, ...); absent on a clean clone
 CAPTURE = REPO / "samples" / "lps_orbit160"  # the sample capture ships in the repository
 
 # Tests import the backend from the checkout (also works without `pip install -e backend`).

@@ -17,8 +17,8 @@ import torch
 from facesplat.core.events import read_events
 from helpers import REPO, run_cli, write_video
 
-SHARED = REPO.parent / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED.exists(), reason=f"shared test data not found at {SHARED}")
+DATA = REPO / "tests" / "data"  # small real images shipped with the tests (see its README)
+STONE_HEAD = REPO / "samples" / "buddha_head_photos"
 
 
 def assert_clean_failure(result, code, *words):
@@ -43,7 +43,7 @@ def run_fails(tmp_path, *args, code=2, words=()):
 
 def face_video(path, n, size=(320, 240), noise_seed=None):
     """A video of the astronaut photo over per-frame random noise (no parallax at all)."""
-    face = cv2.resize(cv2.imread(str(SHARED / "face_photos" / "astronaut.png")), (160, 160))
+    face = cv2.resize(cv2.imread(str(DATA / "face_photos" / "astronaut.png")), (160, 160))
     rng = np.random.default_rng(noise_seed)
     frames = []
     for _ in range(n):
@@ -69,13 +69,11 @@ def test_zero_length_video(tmp_path):
     run_fails(tmp_path, "--video", p)
 
 
-@needs_shared
 def test_one_frame_video(tmp_path):
     p = face_video(tmp_path / "one.mp4", 1)
     run_fails(tmp_path, "--video", p, words=("frame",))
 
 
-@needs_shared
 def test_fewer_frames_than_asked(tmp_path):
     p = face_video(tmp_path / "short.mp4", 10)
     line = run_fails(tmp_path, "--video", p, "--num-frames", "40", "--height", "240")
@@ -99,7 +97,6 @@ def test_no_face_and_no_parallax_fails_at_structure_from_motion(tmp_path):
     assert any(e["stage"] == "faces" and "found in 0 of 6" in e["message"] for e in events)
 
 
-@needs_shared
 def test_stone_head_photos_without_a_face_give_the_head(tmp_path):
     """Real photos of a stone Buddha head, mostly from above and behind, in no temporal order:
     Haar finds at most a stray "face". The head is placed from the cameras alone."""
@@ -108,7 +105,7 @@ def test_stone_head_photos_without_a_face_give_the_head(tmp_path):
     from facesplat.core.ply import read_splat_ply
 
     out = tmp_path / "head.ply"
-    result = run_cli("run", "--images", SHARED / "buddha_head_multiview", "--output", out, "--workspace",
+    result = run_cli("run", "--images", STONE_HEAD, "--output", out, "--workspace",
                      tmp_path / "ws", "--height", "540", "--num-iters", "60", "--device", "cpu", timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "ws" / "report.json").read_text())
@@ -122,7 +119,6 @@ def test_stone_head_photos_without_a_face_give_the_head(tmp_path):
     assert (((local / np.array(volume["semi_axes"])) ** 2).sum(axis=1) < 1.2 ** 2).mean() > 0.95
 
 
-@needs_shared
 def test_sfm_registers_too_few_frames(tmp_path):
     # Same face, independent noise: nothing to triangulate, so COLMAP cannot register the frames.
     p = face_video(tmp_path / "flat.mp4", 12, size=(320, 240), noise_seed=1)
