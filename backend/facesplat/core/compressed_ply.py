@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from .files import atomic_write_bytes
-from .ply import SH_C0, PlyFormatError, Splats, _read_header
+from .ply import PlyFormatError, Splats, _read_header
+from .sh import SH_C0
 from .spz import alpha_to_logit, normalised_quats, sigmoid
 
 CHUNK_SIZE = 256

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .sh import SH_C0
+
 from .files import atomic_write_bytes
 
 # A header larger than this is not a splat file (guards against reading a huge text file).
@@ -389,7 +391,6 @@ def read_splat_ply(path) -> Splats:
     )
 
 
-SH_C0 = 0.28209479177387814
 
 
 def sh0_to_rgb(sh0: np.ndarray) -> np.ndarray:

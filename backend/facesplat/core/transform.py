@@ -13,13 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .ply import Splats
-
-# Real spherical-harmonic constants as used by 3DGS (Inria's sh_utils.py / gsplat).
-SH_C1 = 0.4886025119029199
-SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005,
-         -1.0925484305920792, 0.5462742152960396)
-SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
-         -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
+from .sh import band_terms
 
 # How far the singular values of M may differ (relative) and still count as a uniform scale:
 # Blender's matrices are float32, so a rotation composed there is orthogonal to ~1e-7.
@@ -31,24 +25,8 @@ class TransformError(ValueError):
 
 
 def sh_basis(dirs: np.ndarray, degree: int) -> np.ndarray:
-    """3DGS real-SH basis of one band at unit directions [P, 3] -> [P, 2*degree+1].
-
-    The order and signs are those of the rendering code, so `shN[:, k]` multiplies column k
-    of band 1, 2, 3 in turn (band 0 is the constant term).
-    """
-    x, y, z = dirs[:, 0], dirs[:, 1], dirs[:, 2]
-    if degree == 1:
-        return SH_C1 * np.stack([-y, z, -x], axis=1)
-    xx, yy, zz = x * x, y * y, z * z
-    if degree == 2:
-        return np.stack([SH_C2[0] * x * y, SH_C2[1] * y * z, SH_C2[2] * (2 * zz - xx - yy),
-                         SH_C2[3] * x * z, SH_C2[4] * (xx - yy)], axis=1)
-    if degree == 3:
-        return np.stack([SH_C3[0] * y * (3 * xx - yy), SH_C3[1] * x * y * z,
-                         SH_C3[2] * y * (4 * zz - xx - yy), SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy),
-                         SH_C3[4] * x * (4 * zz - xx - yy), SH_C3[5] * z * (xx - yy),
-                         SH_C3[6] * x * (xx - 3 * yy)], axis=1)
-    raise ValueError(f"SH band {degree} is not supported (1-3)")
+    """3DGS real-SH basis of one band at unit directions [P, 3] -> [P, 2*degree+1] (core/sh.py)."""
+    return np.stack(band_terms(dirs[:, 0], dirs[:, 1], dirs[:, 2], degree), axis=1)
 
 
 def _sphere_directions(count: int = 128) -> np.ndarray:

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..core.sh import SH_C0, band_terms
+
 NEAR_PLANE = 0.01
 EPS2D = 0.3
 TILE_SIZE = 16
@@ -33,19 +35,6 @@ T_MIN = 1e-4
 MAX_EXTEND = 3.33
 """Upper bound of the box half-size in standard deviations (gsplat's); only binds for opacity > 1."""
 
-# Real SH basis constants (Inria's `sh_utils.py`; gsplat uses the same basis).
-SH_C0 = 0.28209479177387814
-SH_C1 = 0.4886025119029199
-SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
-SH_C3 = (
-    -0.5900435899266435,
-    2.890611442640554,
-    -0.4570457994644658,
-    0.3731763325901154,
-    -0.4570457994644658,
-    1.445305721320277,
-    -0.5900435899266435,
-)
 
 
 class Projected(NamedTuple):
@@ -142,28 +131,11 @@ def eval_sh(
     if degree > 0:
         x, y, z = F.normalize(dirs, dim=-1).unbind(-1)
         x, y, z = x[:, None], y[:, None], z[:, None]  # [N, 1] to broadcast over RGB
-        result = result - SH_C1 * y * coeffs[:, 1] + SH_C1 * z * coeffs[:, 2] - SH_C1 * x * coeffs[:, 3]
-        if degree > 1:
-            xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
-            result = (
-                result
-                + SH_C2[0] * xy * coeffs[:, 4]
-                + SH_C2[1] * yz * coeffs[:, 5]
-                + SH_C2[2] * (2.0 * zz - xx - yy) * coeffs[:, 6]
-                + SH_C2[3] * xz * coeffs[:, 7]
-                + SH_C2[4] * (xx - yy) * coeffs[:, 8]
-            )
-            if degree > 2:
-                result = (
-                    result
-                    + SH_C3[0] * y * (3 * xx - yy) * coeffs[:, 9]
-                    + SH_C3[1] * xy * z * coeffs[:, 10]
-                    + SH_C3[2] * y * (4 * zz - xx - yy) * coeffs[:, 11]
-                    + SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * coeffs[:, 12]
-                    + SH_C3[4] * x * (4 * zz - xx - yy) * coeffs[:, 13]
-                    + SH_C3[5] * z * (xx - yy) * coeffs[:, 14]
-                    + SH_C3[6] * x * (xx - 3 * yy) * coeffs[:, 15]
-                )
+        k = 1
+        for band in range(1, degree + 1):
+            for term in band_terms(x, y, z, band):
+                result = result + term * coeffs[:, k]
+                k += 1
     return torch.clamp_min(result + 0.5, 0.0)
 
 
