@@ -22,8 +22,16 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 24) -> Path:
     return path
 
 
+# FACESPLAT_TEST_PYTHON names another interpreter with facesplat installed (the packaging test's
+# fresh venv): the CLI tests then run against that installation instead of the checkout.
+INSTALLED_PYTHON = os.environ.get("FACESPLAT_TEST_PYTHON")
+
+
 def run_cli(*args, timeout=900, **popen):
     """Run `python -m facesplat ...` as a user would; returns CompletedProcess."""
-    env = {**os.environ, "PYTHONPATH": str(REPO / "backend")}
-    return subprocess.run([sys.executable, "-m", "facesplat", *map(str, args)], capture_output=True, text=True,
+    if INSTALLED_PYTHON:
+        python, env = INSTALLED_PYTHON, {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    else:
+        python, env = sys.executable, {**os.environ, "PYTHONPATH": str(REPO / "backend")}
+    return subprocess.run([python, "-m", "facesplat", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env, **popen)

@@ -108,3 +108,17 @@ def test_bad_input_gives_one_line_cause(venv, tmp_path, case, code, words):
     for word in words:
         assert word in causes[0].lower(), causes[0]
     assert not out.exists()
+
+
+def test_the_cli_error_tests_pass_against_the_installed_package(venv, tmp_path):
+    """The bad-input tests of tests/backend/test_cli_errors.py, their CLI calls made with the fresh
+    venv's interpreter (tests/backend/helpers.py, FACESPLAT_TEST_PYTHON): every one-line cause holds
+    for a user's `pip install ./backend` too. (The slow ones, and the one that patches the library
+    in-process, stay with the main suite.)"""
+    env = {**_clean_env(), "FACESPLAT_TEST_PYTHON": str(venv / "bin" / "python")}
+    result = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", tmp_path / "t",
+                   REPO / "tests" / "backend" / "test_cli_errors.py",
+                   "-k", "not ctrl_c and not out_of_memory and not stone_head"],
+                  timeout=1200, cwd=REPO, env=env)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert " passed" in result.stdout and " failed" not in result.stdout
