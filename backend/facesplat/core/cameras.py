@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import json
 import math
-import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write_bytes
+from .files import atomic_write_bytes, read_regular_file
 
 # OpenCV camera axes -> Blender camera axes (Blender looks down -Z with +Y up).
 _FLIP_YZ = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -185,12 +184,7 @@ def read_cameras_json(path) -> list[CameraFrame]:
     """Read cameras.json. Raises CamerasFormatError (a ValueError, one line) for a file that cannot
     be read or parsed, or any frame entry of the wrong shape or type."""
     path = Path(path)
-    try:
-        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block
-            raise CamerasFormatError(f"{path} is not a regular file; give the path of a cameras.json")
-        text = path.read_bytes()
-    except OSError as e:
-        raise CamerasFormatError(f"cannot read {path}: {e.strerror}") from None
+    text = read_regular_file(path, CamerasFormatError, "a cameras.json")
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:

@@ -18,12 +18,11 @@ Splat i belongs to chunk i // 256. Same axes as a 3DGS PLY. The writer keeps the
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write_bytes
+from .files import atomic_write_bytes, open_regular_file
 from .ply import PlyFormatError, Splats, _read_header
 from .sh import SH_C0
 from .spz import alpha_to_logit, normalised_quats, sigmoid
@@ -152,13 +151,7 @@ def read_compressed_ply(path) -> Splats:
     be exactly the layout above and the data exactly its size (checked before anything is read,
     so a header cannot make the reader allocate more than the file holds); bounds must be finite."""
     path = Path(path)
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise CompressedPlyFormatError(f"{path} is not a regular file; give the path of a {SUFFIX} file")
-        f = open(path, "rb")
-    except OSError as e:
-        raise CompressedPlyFormatError(f"cannot open {path}: {e.strerror}") from None
-    with f:
+    with open_regular_file(path, CompressedPlyFormatError, f"a {SUFFIX} file") as f:
         try:
             elements, start = _read_header(f, path)
             size = os.fstat(f.fileno()).st_size

@@ -1,10 +1,11 @@
-"""Atomic file writes, shared by the backend's workspace and the add-on's exports."""
+"""Atomic file writes and guarded reads, shared by the backend's workspace and the add-on's exports."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -49,3 +50,30 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             except FileNotFoundError:
                 pass
             raise
+
+
+def _require_regular_file(path: Path, error: type[Exception], what: str) -> None:
+    """A FIFO or a device would block or never end: only regular files are read."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise error(f"{path} is not a regular file; give the path of {what}")
+
+
+def open_regular_file(path, error: type[Exception], what: str):
+    """Open a regular file for binary reading; anything else (missing, a folder, a FIFO, a device)
+    raises `error` with one line. `what` names what was wanted ("a .ply file")."""
+    path = Path(path)
+    try:
+        _require_regular_file(path, error, what)
+        return open(path, "rb")
+    except OSError as e:
+        raise error(f"cannot open {path}: {e.strerror}") from None
+
+
+def read_regular_file(path, error: type[Exception], what: str) -> bytes:
+    """The bytes of a regular file, with the same one-line errors as `open_regular_file`."""
+    path = Path(path)
+    try:
+        _require_regular_file(path, error, what)
+        return path.read_bytes()
+    except OSError as e:
+        raise error(f"cannot read {path}: {e.strerror}") from None

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .files import atomic_write_bytes, open_regular_file
 from .sh import SH_C0
-
-from .files import atomic_write_bytes
 
 # A header larger than this is not a splat file (guards against reading a huge text file).
 MAX_HEADER_BYTES = 64 * 1024
@@ -360,14 +358,7 @@ def read_splat_ply(path) -> Splats:
     cause, then advice) for anything it cannot trust: a bad or truncated header, data of another
     size than the header describes, non-float32 splat properties, non-finite values."""
     path = Path(path)
-    try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
-            raise PlyFormatError(f"{path} is not a regular file; give the path of a .ply file")
-        f = open(path, "rb")
-    except OSError as e:
-        raise PlyFormatError(f"cannot open {path}: {e.strerror}") from None
-    with f:
+    with open_regular_file(path, PlyFormatError, "a .ply file") as f:
         try:
             elements, data_start = _read_header(f, path)
             file_size = os.fstat(f.fileno()).st_size

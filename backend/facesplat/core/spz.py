@@ -23,14 +23,12 @@ a decoder needs no flag for this, the bits are only a packing choice).
 
 from __future__ import annotations
 
-import os
-import stat
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write_bytes
+from .files import atomic_write_bytes, read_regular_file
 from .ply import PlyFormatError, Splats
 
 MAGIC = 0x5053474E
@@ -231,17 +229,6 @@ def spz_bytes_to_splats(data: bytes, path="SPZ data") -> Splats:
     return Splats(means=means, sh0=sh0, shN=shN, opacities=opacities, scales=scales, quats=quats)
 
 
-def read_file_bounded(path, what: str, error=PlyFormatError) -> bytes:
-    """A regular file's bytes (a FIFO or device would block); one-line errors."""
-    path = Path(path)
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise error(f"{path} is not a regular file; give the path of a {what} file")
-        return path.read_bytes()
-    except OSError as e:
-        raise error(f"cannot read {path}: {e.strerror}") from None
-
-
 def read_splat_spz(path) -> Splats:
     """Read an SPZ file (v2 or v3) into PLY-frame Splats. Raises SpzFormatError (one line)."""
-    return spz_bytes_to_splats(read_file_bounded(path, ".spz", SpzFormatError), Path(path))
+    return spz_bytes_to_splats(read_regular_file(path, SpzFormatError, "a .spz file"), Path(path))
