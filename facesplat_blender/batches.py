@@ -135,7 +135,7 @@ def _capture(entry, where: str, advice: str, folder: Path, recorded: Path | None
         ok = value is None or (isinstance(value, int) and not isinstance(value, bool)) or \
             (not integral and isinstance(value, float) and math.isfinite(value))
         if not ok or (value is not None and value < 0 and key != "psnr_in_mask_db"):
-            raise bad(f"{name}: {key} {str(value)[:40]!r} is not a {'count' if integral else 'number'}")
+            raise bad(f"{name}: {key} {repr(value)[:40]} is not a {'count' if integral else 'number'}")
         figures[key] = value
     workspace = entry.get("workspace") or ""
     if not isinstance(workspace, str) or "\0" in workspace:
