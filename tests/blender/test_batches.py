@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from blender_worker import REPO, import_addon_module
@@ -12,8 +13,6 @@ from blender_worker import REPO, import_addon_module
 sys.path.insert(0, str(REPO / "backend"))
 from facesplat import batch  # noqa: E402
 from facesplat.core.ply import Splats, write_splat_ply  # noqa: E402
-
-import numpy as np  # noqa: E402
 
 batches = import_addon_module("batches")
 

@@ -9,7 +9,6 @@ it, and a failed capture or a broken batch.json gives a clear report with the sc
 """
 
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
