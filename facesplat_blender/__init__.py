@@ -5,7 +5,7 @@ Layout:
 - bpy glue: properties (Scene/WindowManager/Object data), preferences, operators, panels,
   job_factories (what each backend button runs), importer / exporter (over core/);
 - Blender-free: jobs (the backend job, the active job), runner (child processes),
-  isolations (a workspace's kept isolations);
+  isolations (a workspace's kept isolations), batches (a batch folder's batch.json);
 - core/ (numpy only, vendored from backend/facesplat/core by build.py).
 """
 

@@ -65,12 +65,19 @@ def run_job(context) -> BackendJob:
                               **({"video": path} if s.input_type == "VIDEO" else {"images": path}))
 
     def on_success(context):
-        # A run's cameras are meant to be looked through, so it sets the render size to the frames'.
-        head = importer.import_splats(context, ws / "head.ply", cameras_json=ws / "cameras.json",
-                                      name=path.stem or path.name, workspace=ws, set_render_size=True)
+        head = import_finished_run(context, ws, path.stem or path.name)
         return f"Imported {len(head.data.points)} Gaussians and their cameras from {ws}"
 
     return BackendJob("run", "Run", [argv], log_path(ws, "run"), ws / "events.jsonl", on_success)
+
+
+def import_finished_run(context, ws: Path, name: str):
+    """A finished run's workspace into the scene: the head and its cameras under one parent, every
+    object linked to `ws` (so Re-isolate and kept isolations work on it). Used by Run and by the
+    batch list's Import. Raises ValueError (one line), the scene untouched."""
+    # A run's cameras are meant to be looked through, so it sets the render size to the frames'.
+    return importer.import_splats(context, ws / "head.ply", cameras_json=ws / "cameras.json", name=name,
+                                  workspace=ws, set_render_size=True)
 
 
 def reisolate_job(context) -> BackendJob:

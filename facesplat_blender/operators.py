@@ -1,5 +1,5 @@
 """Operators: run the backend, cancel it, re-isolate, use a kept isolation, install the backend,
-import and export PLY.
+import and export PLY, list a batch folder and import one of its captures.
 
 Backend commands run as child processes (jobs.py, runner.py). From the UI they are modal operators
 polling on a timer, so Blender stays responsive; from a script (EXEC) they block until done.
@@ -14,8 +14,8 @@ from bpy.props import BoolProperty, StringProperty
 from bpy.types import Operator
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
-from . import exporter, importer, isolations, jobs
-from .job_factories import install_job, reisolate_job, run_job
+from . import batches, exporter, importer, isolations, jobs, properties
+from .job_factories import abspath, import_finished_run, install_job, reisolate_job, run_job
 from .jobs import BackendJob, UserError
 
 POLL_SECONDS = 0.25
@@ -242,6 +242,56 @@ class FACESPLAT_OT_use_isolation(Operator):
         return {"FINISHED"}
 
 
+class FACESPLAT_OT_batch_refresh(Operator):
+    """Read the batch folder's batch.json again (a running batch rewrites it as captures end)"""
+
+    bl_idname = "facesplat.batch_refresh"
+    bl_label = "Refresh"
+
+    def execute(self, context):
+        s = context.scene.facesplat
+        error = properties.load_batch(s)
+        if error:
+            self.report({"ERROR"}, error)
+            return {"CANCELLED"}
+        done = sum(item.importable for item in s.batch_captures)
+        self.report({"INFO"}, f"{len(s.batch_captures)} captures, {done} ready to import")
+        return {"FINISHED"}
+
+
+class FACESPLAT_OT_batch_import(Operator):
+    """Import the chosen finished capture of the batch as a finished Run is imported: the head and
+    its cameras under one parent, linked to the capture's workspace (Re-isolate works on it)"""
+
+    bl_idname = "facesplat.batch_import"
+    bl_label = "Import Capture"
+    bl_options = {"REGISTER", "UNDO"}
+
+    capture: StringProperty(name="Capture", options={"SKIP_SAVE"},
+                            description="The capture's name in batch.json (empty: the one chosen in the list)")
+
+    def execute(self, context):
+        s = context.scene.facesplat
+        name = self.capture
+        if not name and 0 <= s.batch_index < len(s.batch_captures):
+            name = s.batch_captures[s.batch_index].name
+        if not s.batch_dir.strip() or not name:
+            self.report({"ERROR"}, "Choose a batch folder in the FaceSplat panel and a capture in its list")
+            return {"CANCELLED"}
+        try:
+            # batch.json again, not the list: a running batch may have changed it since it was drawn.
+            capture = batches.find_capture(abspath(s.batch_dir), name)
+            why = capture.why_not_importable()
+            if why:
+                raise ValueError(why)
+            head = import_finished_run(context, capture.workspace, capture.name)
+        except ValueError as e:
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Imported {capture.name}: {len(head.data.points)} Gaussians and their cameras")
+        return {"FINISHED"}
+
+
 class FACESPLAT_OT_export_ply(Operator, ExportHelper):
     """Export the active object's Gaussians as a standard 3DGS PLY (Inria layout)"""
 
@@ -283,4 +333,5 @@ def menu_export(self, context):
 
 
 classes = (FACESPLAT_OT_run, FACESPLAT_OT_reisolate, FACESPLAT_OT_install_backend, FACESPLAT_OT_cancel,
-           FACESPLAT_OT_import_ply, FACESPLAT_OT_export_ply, FACESPLAT_OT_use_isolation)
+           FACESPLAT_OT_import_ply, FACESPLAT_OT_export_ply, FACESPLAT_OT_use_isolation, FACESPLAT_OT_batch_refresh,
+           FACESPLAT_OT_batch_import)

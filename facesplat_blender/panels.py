@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import bpy
-from bpy.types import Panel
+from bpy.types import Panel, UIList
 
 from . import exporter, importer, isolations, preferences
 
@@ -66,6 +66,46 @@ class FACESPLAT_PT_capture(_FaceSplatPanel, Panel):
         row.operator("facesplat.run", icon="PLAY")
 
 
+STATUS_ICONS = {"done": "CHECKMARK", "failed": "ERROR", "interrupted": "PAUSE", "pending": "SORTTIME"}
+
+
+class FACESPLAT_UL_batch_captures(UIList):
+    """A batch's captures: name and status, then figures (greyed, with the cause, if not importable)."""
+
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0, flt_flag=0):
+        row = layout.row(align=True)
+        row.active = item.importable
+        row.label(text=item.name, icon=STATUS_ICONS.get(item.status, "QUESTION"))
+        row.label(text=item.figures if item.importable else (item.cause or item.status))
+
+
+class FACESPLAT_PT_batch(_FaceSplatPanel, Panel):
+    bl_parent_id = "FACESPLAT_PT_main"
+    bl_label = "Batch"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        s = context.scene.facesplat
+        layout = self.layout
+        row = layout.row(align=True)
+        row.prop(s, "batch_dir", text="")
+        row.operator("facesplat.batch_refresh", text="", icon="FILE_REFRESH")
+        if s.batch_error:
+            layout.label(text=s.batch_error, icon="ERROR")
+            return
+        if not s.batch_captures:
+            layout.label(text="Choose the --output-dir of a batch" if not s.batch_dir.strip() else "No captures",
+                         icon="INFO")
+            return
+        layout.template_list("FACESPLAT_UL_batch_captures", "", s, "batch_captures", s, "batch_index", rows=4)
+        chosen = s.batch_captures[s.batch_index] if s.batch_index < len(s.batch_captures) else None
+        if chosen is not None and not chosen.importable:
+            layout.label(text=chosen.cause or chosen.status, icon=STATUS_ICONS.get(chosen.status, "QUESTION"))
+        row = layout.row()
+        row.enabled = chosen is not None and chosen.importable
+        row.operator("facesplat.batch_import", icon="IMPORT")
+
+
 class FACESPLAT_PT_isolate(_FaceSplatPanel, Panel):
     bl_parent_id = "FACESPLAT_PT_main"
     bl_label = "Head Isolation"
@@ -110,4 +150,5 @@ class FACESPLAT_PT_export(_FaceSplatPanel, Panel):
         layout.operator("facesplat.export_ply", text="Export PLY…", icon="EXPORT")
 
 
-classes = (FACESPLAT_PT_main, FACESPLAT_PT_capture, FACESPLAT_PT_isolate, FACESPLAT_PT_export)
+classes = (FACESPLAT_UL_batch_captures, FACESPLAT_PT_main, FACESPLAT_PT_capture, FACESPLAT_PT_batch,
+           FACESPLAT_PT_isolate, FACESPLAT_PT_export)

@@ -1,9 +1,14 @@
-"""Blender properties: run settings (Scene), the running job (WindowManager), per-object links."""
+"""Blender properties: run settings and the batch list (Scene), the running job (WindowManager),
+per-object links."""
+
+from pathlib import Path
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
+from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
+                       StringProperty)
 from bpy.types import PropertyGroup
 
+from . import batches
 from .core.config import DEFAULT_PRESET, PRESETS, get_value, make_config, option_schema
 from .runner import SETTINGS
 
@@ -96,7 +101,44 @@ def _settings_annotations() -> dict:
             description=f"Starting settings. Choosing one sets {', '.join(_label(k) for k in preset_settings)}; "
                         "the run uses its other settings too"),
         **{name: _setting_property(name, OPTIONS[key]) for name, key in SETTINGS.items()},
+        "batch_dir": StringProperty(
+            name="Batch", subtype="DIR_PATH", update=lambda settings, context: load_batch(settings),
+            description="The --output-dir of a 'facesplat batch' run (the folder with batch.json): its captures "
+                        "are listed below"),
+        "batch_captures": CollectionProperty(type=FACESPLAT_PG_batch_capture),
+        "batch_index": IntProperty(name="Capture", default=0, min=0),
+        "batch_error": StringProperty(description="Why the batch folder lists no captures"),
     }
+
+
+class FACESPLAT_PG_batch_capture(PropertyGroup):
+    """One capture of the batch folder, as the list shows it (name: the capture's name)."""
+
+    status: StringProperty(description="done, failed, interrupted or pending")
+    cause: StringProperty(description="Why it cannot be imported (a failed capture's cause)")
+    figures: StringProperty(description="Gaussians, frames registered, PSNR, seconds")
+    importable: BoolProperty(default=False)
+
+
+def load_batch(settings) -> str:
+    """Fill the batch list from batch_dir's batch.json. Returns '' or the one-line reason it is
+    empty (also kept in batch_error for the panel)."""
+    settings.batch_captures.clear()
+    settings.batch_error = ""
+    if not settings.batch_dir.strip():
+        return ""
+    try:
+        captures = batches.read_batch(Path(bpy.path.abspath(settings.batch_dir)))
+    except ValueError as e:
+        settings.batch_error = str(e)
+        return settings.batch_error
+    for capture in captures:
+        item = settings.batch_captures.add()
+        why = capture.why_not_importable()
+        item.name, item.status, item.figures, item.importable = capture.name, capture.status, capture.figures, not why
+        item.cause = (capture.cause or why) if why else ""
+    settings.batch_index = max(0, min(settings.batch_index, len(captures) - 1))
+    return ""
 
 
 FACESPLAT_PG_settings = type("FACESPLAT_PG_settings", (PropertyGroup,), {
@@ -126,7 +168,7 @@ class FACESPLAT_PG_object(PropertyGroup):
     frame_index: IntProperty(default=-1, description="Frame index in the source video")
 
 
-classes = (FACESPLAT_PG_settings, FACESPLAT_PG_job, FACESPLAT_PG_object)
+classes = (FACESPLAT_PG_batch_capture, FACESPLAT_PG_settings, FACESPLAT_PG_job, FACESPLAT_PG_object)
 
 
 def register_pointers():

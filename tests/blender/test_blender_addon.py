@@ -15,8 +15,10 @@ sys.path.insert(0, str(REPO / "backend"))
 from facesplat.core.cameras import CameraFrame, write_cameras_json  # noqa: E402
 from facesplat.core.ply import Splats, write_splat_ply  # noqa: E402
 
-OPERATORS = ["run", "reisolate", "install_backend", "cancel", "import_ply", "export_ply", "use_isolation"]
-PANELS = ["FACESPLAT_PT_main", "FACESPLAT_PT_capture", "FACESPLAT_PT_isolate", "FACESPLAT_PT_export"]
+OPERATORS = ["run", "reisolate", "install_backend", "cancel", "import_ply", "export_ply", "use_isolation",
+             "batch_refresh", "batch_import"]
+PANELS = ["FACESPLAT_PT_main", "FACESPLAT_PT_capture", "FACESPLAT_PT_batch", "FACESPLAT_PT_isolate",
+          "FACESPLAT_PT_export"]
 
 
 # ---- run inside Blender -------------------------------------------------------------------------
@@ -98,6 +100,23 @@ class RecordingLayout:
     def progress(self, factor=0.0, type="BAR", text=""):
         assert 0.0 <= factor <= 1.0
         self.log.append(("progress", text))
+
+    def __setattr__(self, name, value):
+        if name in ("active", "enabled"):  # greyed out / disabled: what follows in the log is drawn so
+            self.log.append((name, value))
+        object.__setattr__(self, name, value)
+
+    def template_list(self, listtype_name, list_id, dataptr, propname, active_dataptr, active_propname, **kw):
+        """Draws each item with the UIList's own draw_item, logged as ("item", name, its log)."""
+        import bpy
+
+        assert propname in dataptr.bl_rna.properties and active_propname in active_dataptr.bl_rna.properties
+        ui_list = getattr(bpy.types, listtype_name)
+        for index, item in enumerate(getattr(dataptr, propname)):
+            item_log = []
+            ui_list.draw_item(SimpleNamespace(layout_type="DEFAULT"), bpy.context, RecordingLayout(item_log), dataptr,
+                              item, 0, active_dataptr, active_propname, index)
+            self.log.append(("item", item.name, item_log))
 
 
 class WithLayout:
