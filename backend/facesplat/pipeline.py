@@ -271,7 +271,9 @@ def stage_errors(stage: str):
         if is_disk_full(err):
             raise InputError(f"the disk is full ({err.filename or 'writing ' + stage}); free some space or choose "
                              "another --workspace / --output, then run the same command again") from None
-        raise
+        # Permissions, a vanished folder, an I/O error: the machine's, not the pipeline's.
+        raise InputError(f"{stage}: {err.strerror or err} ({err.filename or 'a workspace file'}); check the "
+                         "folder's permissions and the disk, then run the same command again") from None
     except Exception as err:
         if type(err).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch
             raise DeviceError("the GPU ran out of memory; try a smaller --height or --num-frames, or --device cpu") from None

@@ -168,7 +168,11 @@ class Workspace:
     def locked(self):
         """Hold the workspace for one run. A second run on it is refused at once; a lock left by a
         killed run is no lock (the kernel drops a dead process's flock)."""
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise InputError(f"cannot use workspace {self.root}: {e.strerror}; check that it is writable, or "
+                             "choose another --workspace") from None
         try:
             if not _try_lock(fd):
                 holder = self.lock_file.read_text(errors="replace").strip() or "?"

@@ -323,3 +323,22 @@ def test_sigterm_during_sfm_is_a_clean_resumable_interrupt(finished, tmp_path):
     events, _ = read_events(ws / "events.jsonl")
     assert events[-1]["stage"] == "error"
     assert run_cli("check", "--workspace", ws).returncode == 0
+
+
+def test_a_workspace_made_read_only_is_a_one_line_error(finished, tmp_path):
+    if os.geteuid() == 0:
+        # root ignores file modes: take the write bit away with a read-only bind mount instead
+        ws = copy_workspace(finished[2], tmp_path)
+        if subprocess.run(["mount", "--bind", "-o", "ro", str(ws), str(ws)], capture_output=True).returncode != 0:
+            pytest.skip("a read-only bind mount needs root")
+        try:
+            result = run_cli("isolate", "--workspace", ws, "--output", tmp_path / "h.ply", "--threshold", "0.6")
+        finally:
+            subprocess.run(["umount", "-l", str(ws)], check=False)
+    else:
+        ws = copy_workspace(finished[2], tmp_path)
+        for p in [ws, *ws.rglob("*")]:
+            p.chmod(0o555 if p.is_dir() else 0o444)
+        result = run_cli("isolate", "--workspace", ws, "--output", tmp_path / "h.ply", "--threshold", "0.6")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and result.stderr.count("facesplat: error:") == 1
