@@ -204,3 +204,15 @@ def test_a_frontal_face_keeps_its_shadowed_cheek():
     assert frontal is not None and guessed is not None
     assert (frontal[cheek] >= 128).mean() > 0.95, "the face box's part of the cheek stays head"
     assert (guessed[cheek] >= 128).mean() < 0.5, "without a face box, colour decides"
+
+
+def test_a_views_hull_vote_grows_by_the_slack():
+    from facesplat.masks import vote_region
+
+    cut = np.zeros((100, 100), np.uint8)
+    cut[40:60, 40:60] = 255
+    ellipse = HeadEllipse("projected", (50.0, 50.0), (20.0, 30.0))
+    assert (vote_region(cut, ellipse, 0.0) == (cut >= 128)).all()
+    grown = vote_region(cut, ellipse, 0.1)  # 0.1 x the minor semi-axis 20: 2 px all round
+    assert grown[38, 50] and grown[50, 61] and not grown[37, 50] and not grown[50, 62]
+    assert grown.sum() > (cut >= 128).sum()

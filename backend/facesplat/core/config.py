@@ -91,6 +91,10 @@ class MaskConfig:
         1.0, "a voxel of the hull is head when it lies inside the cut in at least this fraction of the views that "
              "see it (1.0, the classic hull: on 11 photos of a statue 0.9 let back the wood that one view carves "
              "and on the rendered orbit precision fell from 0.94 to 0.92)")
+    hull_slack: float = knob(
+        0.0, "each view votes with its cut grown by this fraction of the ellipse's minor axis, forgiving pose "
+             "errors that shrink an exact intersection (0.1 on the 360-degree orbit: mask recall 0.89 -> 0.97; "
+             "but on the sample capture 32.5 dB / fog 0.017 against 33.7-34.1 dB / 0.007 without)")
     hull_resolution: int = knob(64, "voxels across the hull's grid (over the grown head ellipsoid)")
     hull_min_views: int = knob(3, "carve a hull only from at least this many cut views; fewer keep their own cuts")
 
