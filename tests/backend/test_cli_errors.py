@@ -109,7 +109,8 @@ def test_stone_head_photos_without_a_face_give_the_head(tmp_path):
                      tmp_path / "ws", "--height", "540", "--num-iters", "60", "--device", "cpu", timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "ws" / "report.json").read_text())
-    assert report["frames_registered"] == 11 and report["frames_sampled"] == 11
+    assert report["frames_sampled"] == 11
+    assert report["frames_registered"] >= 10  # 11 in every run seen; COLMAP's threads vary a little
     assert report["head_center_from"] == "cameras"
     volume = json.loads((tmp_path / "ws" / "head_volume.json").read_text())
     head = read_splat_ply(out)
