@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import DEFAULT_PRESET, PRESETS, ConfigError, make_config, option_schema, validate
-from .core.config import config_hash
 from .core.files import atomic_write_bytes
 from .errors import InputError, StageError
 from .workspace import Workspace
@@ -206,21 +205,17 @@ def run_argv(c: Capture, output_dir: Path, preset: str) -> list[str]:
 def is_finished(c: Capture, output_dir: Path) -> bool:
     """head.ply is there and every stage's marker matches the capture's settings: the test
     `pipeline.run_stages` makes before it skips a stage, made here for all of them."""
-    from .pipeline import STAGES, Run
+    from .pipeline import Run, stage_chain
     from .stage import StageContext
 
     ws = Workspace(c.workspace(output_dir))
     if not c.head_ply(output_dir).is_file() or not ws.is_ours():
         return False
-    run, chain = Run(ws, c.cfg, StageContext(), c.source, c.is_images), ""
+    run = Run(ws, c.cfg, StageContext(), c.source, c.is_images)
     try:
-        for stage in STAGES:
-            chain = config_hash(chain, stage.name, stage.config(run))
-            if not ws.is_done(stage.name, chain):
-                return False
+        return all(ws.is_done(stage.name, chain) for stage, chain in stage_chain(run))
     except (InputError, OSError):  # the source has gone: let the run say so
         return False
-    return True
 
 
 # --- one capture: the Ray task's body -----------------------------------------------------------
@@ -481,11 +476,7 @@ def _cancel(ray, pending: dict, results: dict, output_dir: Path) -> None:
 def _result(c: Capture, output_dir: Path, status: str, cause: str = "", skipped: bool = False,
             wall_seconds: float | None = None) -> dict:
     """One row of batch.json: status, cause, the figures of the capture's report.json, its paths."""
-    try:
-        report = json.loads((c.workspace(output_dir) / "report.json").read_text())
-    except (OSError, ValueError):
-        report = {}
-    report = report if isinstance(report, dict) else {}
+    report = Workspace(c.workspace(output_dir)).read_report()  # {} where there is none (yet)
     stage_seconds = report.get("stage_seconds") if isinstance(report.get("stage_seconds"), dict) else {}
     head = c.head_ply(output_dir)
     return {"name": c.name, "status": status, "cause": cause, "skipped": skipped,

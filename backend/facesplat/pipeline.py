@@ -235,12 +235,19 @@ assert tuple(s.name for s in STAGES) == events_module.STAGES  # the events' cont
 STAGE_BY_NAME = {s.name: s for s in STAGES}
 
 
+def stage_chain(run: Run, stages=STAGES, chain: str = ""):
+    """(stage, its marker's hash) in order: each hash chains the stage's config with the hash of
+    the stage before (`chain` is the one before the first)."""
+    for stage in stages:
+        chain = config_hash(chain, stage.name, stage.config(run))
+        yield stage, chain
+
+
 def run_stages(run: Run, stages=STAGES, chain: str = "") -> dict:
     """Run `stages` in order (each unless its marker matches); `chain` is the hash of the stage
     before the first one. Returns the report."""
     ws = run.ws
-    for stage in stages:
-        chain = config_hash(chain, stage.name, stage.config(run))
+    for stage, chain in stage_chain(run, stages, chain):
         if ws.is_done(stage.name, chain):
             run.ctx.emit(stage.name, 1.0, f"{stage.name}: already done, reusing the workspace")
             continue
