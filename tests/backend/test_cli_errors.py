@@ -3,11 +3,8 @@ half-written. Real files, the real CLI (`python -m facesplat`)."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
-import time
 
 import cv2
 import numpy as np
@@ -15,7 +12,7 @@ import pytest
 import torch
 
 from facesplat.core.events import read_events
-from helpers import REPO, run_cli, write_video
+from helpers import REPO, run_cli, start_cli, wait_for_event, write_video
 
 DATA = REPO / "tests" / "data"  # small real images shipped with the tests (see its README)
 STONE_HEAD = REPO / "samples" / "buddha_head_photos"
@@ -179,15 +176,8 @@ def test_ctrl_c_leaves_a_resumable_workspace(tmp_path, capture_dir):
     ws = tmp_path / "ws"
     args = ["run", "--video", capture_dir / "video.mp4", "--output", tmp_path / "h.ply", "--workspace", ws,
             "--num-frames", "12", "--height", "270", "--num-iters", "2000", "--device", "cpu"]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "backend")}
-    proc = subprocess.Popen([sys.executable, "-m", "facesplat", *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:  # interrupt once training has started
-        events, _ = read_events(ws / "events.jsonl")
-        if any(e["stage"] == "train" for e in events):
-            break
-        time.sleep(0.5)
+    proc = start_cli(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_event(ws / "events.jsonl", lambda e: e["stage"] == "train")  # interrupt once training has started
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]

@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import cv2
@@ -18,7 +17,7 @@ import pytest
 
 from facesplat.core.events import read_events
 from facesplat.core.ply import read_splat_ply
-from helpers import REPO, run_cli
+from helpers import run_cli, start_cli, wait_for_event
 from test_cli_errors import assert_clean_failure
 
 S = ["--height", "180", "--num-iters", "150", "--num-frames", "12", "--device", "cpu"]
@@ -198,15 +197,8 @@ def test_sigkill_during_training_then_the_same_command_resumes(finished, capture
     ws = tmp_path / "ws"
     args = ["run", "--video", finished[0], "--output", tmp_path / "h.ply", "--workspace", ws,
             *S[:2], "--num-iters", "3000", *S[4:]]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "backend")}
-    proc = subprocess.Popen([sys.executable, "-m", "facesplat", *map(str, args)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        events, _ = read_events(ws / "events.jsonl")
-        if any(e["stage"] == "train" and "step" in e["message"] for e in events):
-            break
-        time.sleep(0.3)
+    proc = start_cli(*args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_event(ws / "events.jsonl", lambda e: e["stage"] == "train" and "step" in e["message"])
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     check = run_cli("check", "--workspace", ws)
@@ -307,15 +299,8 @@ def test_sigterm_during_sfm_is_a_clean_resumable_interrupt(finished, tmp_path):
     """pycolmap's glog turns SIGTERM into an abort with a stack dump unless the handler is restored."""
     ws = tmp_path / "ws"
     args = ["run", "--video", finished[0], "--output", tmp_path / "h.ply", "--workspace", ws, *S]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "backend")}
-    proc = subprocess.Popen([sys.executable, "-m", "facesplat", *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        events, _ = read_events(ws / "events.jsonl")
-        if any(e["stage"] == "sfm" for e in events):
-            break
-        time.sleep(0.05)
+    proc = start_cli(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_event(ws / "events.jsonl", lambda e: e["stage"] == "sfm", poll=0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
