@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from facesplat import pipeline
 from facesplat.cli import build_parser
 from facesplat.config import Config, IsolateConfig, TrainConfig, config_hash, make_config, option_schema
+from facesplat.core.config import get_value
 from facesplat.core.cameras import CameraFrame
 from facesplat.core.ply import Splats
 from facesplat.errors import DeviceError
@@ -57,14 +58,9 @@ def test_parser_is_built_from_the_schema_with_its_defaults():
         assert getattr(run, option["key"]) is None  # not given: the preset decides
     cfg = make_config()
     for option in option_schema():
-        assert pipeline_value(cfg, option["key"]) == option["default"]
+        assert get_value(cfg, option["key"]) == option["default"]
     flags = {a for action in parser._subparsers._group_actions[0].choices["run"]._actions for a in action.option_strings}
     assert {o["flag"] for o in option_schema("run")} <= flags
-
-
-def pipeline_value(cfg, key):
-    section, _, name = key.rpartition(".")
-    return getattr(getattr(cfg, section) if section else cfg, name)
 
 
 def test_presets_and_flags():
