@@ -3,7 +3,8 @@
 Zip layout (what Blender's "Install from Disk" expects, manifest at the root):
     blender_manifest.toml
     __init__.py, operators.py, ...      the add-on (facesplat_blender/*.py)
-    core/                               backend/facesplat/core, vendored (one source, never copied by hand)
+    core/                               backend/facesplat/core, vendored (one source, never copied by hand),
+                                        with core/web/ (the browser viewer's script and its licences)
     backend_src/backend/                backend/pyproject.toml + backend/facesplat: what "Install backend"
     backend_src/README.md               pip-installs into a dedicated environment (the pyproject's
                                         readme is "../README.md", so the layout is kept)
@@ -39,7 +40,8 @@ def _sources(folder: Path) -> list[Path]:
 
 
 def sync_core() -> Path:
-    """Copy backend/facesplat/core/*.py into facesplat_blender/core/ (replacing what was there)."""
+    """Copy backend/facesplat/core/*.py into facesplat_blender/core/ (replacing what was there),
+    and core/web/ as it is (the HTML viewer's bundled script: the add-on's Export writes pages too)."""
     dest = ADDON / "core"
     if dest.exists():
         shutil.rmtree(dest)
@@ -47,6 +49,7 @@ def sync_core() -> Path:
     for src in sorted(CORE_SRC.glob("*.py")):
         (dest / src.name).write_text(GENERATED.format(name=src.name) + src.read_text(encoding="utf-8"),
                                      encoding="utf-8")
+    shutil.copytree(CORE_SRC / "web", dest / "web")
     return dest
 
 

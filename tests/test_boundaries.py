@@ -37,7 +37,7 @@ def _sync_core():
 def test_core_imports_without_torch_or_blender():
     result = run_isolated(HEAVY + BLENDER, f"""
         sys.path.insert(0, {str(REPO / 'backend')!r})
-        from facesplat.core import cameras, events, ply, transform
+        from facesplat.core import cameras, events, formats, ply, transform, viewer_html
         import facesplat.core as core
         loaded = sorted(m.split(".")[0] for m in sys.modules)
         assert not set(loaded) & set(BLOCKED), loaded

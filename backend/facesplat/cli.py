@@ -1,4 +1,4 @@
-"""Command line: `facesplat run`, `isolate`, `check`, `convert` and `batch`. The only module that exits.
+"""Command line: `facesplat run`, `isolate`, `check`, `convert`, `view` and `batch`. The only module that exits.
 
 The flags come from core/config.py's knobs (`option_schema`), so the CLI and the Blender add-on
 show the same defaults, bounds and choices.
@@ -45,9 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--workspace", type=Path, required=True)
 
     # --- convert: splat formats (core/formats.py) ---
-    convert = sub.add_parser("convert", help="convert a splat between .ply, .spz and .compressed.ply")
-    convert.add_argument("input", type=Path, help="a .ply, .spz or .compressed.ply file (told apart by content)")
-    convert.add_argument("output", type=Path, help="the format follows the suffix: .ply, .spz or .compressed.ply")
+    convert = sub.add_parser("convert", help="convert a splat between .ply, .spz, .compressed.ply and .html")
+    convert.add_argument("input", type=Path, help="a .ply, .spz, .compressed.ply or FaceSplat .html file "
+                                                  "(told apart by content)")
+    convert.add_argument("output", type=Path, help="the format follows the suffix: .ply, .spz, .compressed.ply "
+                                                   "or .html (the browser viewer)")
+
+    # --- view: one self-contained HTML page that shows the splat offline (core/viewer_html.py) ---
+    view = sub.add_parser("view", help="write a self-contained HTML viewer of a splat (opens offline, from file://)")
+    view.add_argument("input", type=Path, help="a .ply, .spz or .compressed.ply file")
+    view.add_argument("--output", type=Path, help="the .html file to write (default: INPUT with .html)")
 
     # --- batch: many captures as Ray tasks (batch.py; imports Ray only when it runs) ---
     from .batch import add_batch_parser
@@ -127,7 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return _check(args)
         if args.command == "convert":
-            return _convert(args)
+            return _convert(args.input, args.output)
+        if args.command == "view":
+            output = args.output or args.input.with_suffix(".html")
+            if not output.name.lower().endswith((".html", ".htm")):
+                raise InputError(f"{output}: the viewer is an HTML page; end --output with .html")
+            return _convert(args.input, output)
         if args.command == "batch":
             from .batch import run_batch
 
@@ -179,23 +191,23 @@ def _check(args) -> int:
     return 0
 
 
-def _convert(args) -> int:
+def _convert(source: Path, output: Path) -> int:
     """Read any splat format, write the one OUTPUT's suffix names (atomically: nothing on error)."""
     from .core.formats import format_for_output, read_splats, write_splats
     from .core.ply import PlyFormatError
 
     try:
-        format_for_output(args.output)
-        if args.output.exists() and args.input.exists() and args.output.resolve() == args.input.resolve():
-            raise InputError(f"{args.output} is the input; choose another output file name")
-        splats = read_splats(args.input)
-        fmt = write_splats(args.output, splats)
+        format_for_output(output)
+        if output.exists() and source.exists() and output.resolve() == source.resolve():
+            raise InputError(f"{output} is the input; choose another output file name")
+        splats = read_splats(source)
+        fmt = write_splats(output, splats)
     except (PlyFormatError, ValueError) as err:
         raise InputError(str(err)) from None
     except OSError as err:
-        raise InputError(f"cannot write {args.output}: {err.strerror}; choose another output path") from None
-    print(f"wrote {args.output} ({fmt}): {len(splats)} Gaussians, SH degree {splats.sh_degree}, "
-          f"{args.output.stat().st_size} bytes", file=sys.stderr)
+        raise InputError(f"cannot write {output}: {err.strerror}; choose another output path") from None
+    print(f"wrote {output} ({fmt}): {len(splats)} Gaussians, SH degree {splats.sh_degree}, "
+          f"{output.stat().st_size} bytes", file=sys.stderr)
     return 0
 
 
