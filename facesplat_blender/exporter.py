@@ -1,4 +1,6 @@
-"""Export an object's Gaussians as a standard 3DGS PLY: foreach_get -> core.transform -> core.ply."""
+"""Export an object's Gaussians as a standard 3DGS PLY (foreach_get -> core.transform -> core.ply) or
+as the self-contained browser viewer (core.viewer_html), each with its provenance sidecar
+(head.ply -> head.json, core.provenance) that records the object's transform."""
 
 from __future__ import annotations
 
@@ -7,7 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from .core import ply
+from .core.provenance import export_record, exported_provenance, write_sidecar_json
 from .core.transform import TransformError, bake_transform
+from .core.viewer_html import write_viewer_html
 
 
 class ExportError(Exception):
@@ -50,13 +54,20 @@ def object_splats(context, ob) -> ply.Splats:
         raise ExportError(f"'{ob.name}' is not a FaceSplat/3DGS point cloud ({e}); import a splat PLY first") from None
 
 
-def export_splats(context, ob, path, apply_transform: bool = True) -> tuple[Path, int]:
-    """Write `ob`'s Gaussians to `path` (atomically). With `apply_transform` the object's world
-    transform is baked in (positions, rotations, scales, SH). Returns (path, count)."""
+def export_splats(context, ob, path, apply_transform: bool = True, file_format: str = "ply",
+                  program: str = "Blender") -> tuple[Path, int]:
+    """Write `ob`'s Gaussians to `path` (atomically) as a 3DGS PLY or (file_format "html") the
+    browser viewer, and its sidecar beside it. With `apply_transform` the object's world transform
+    is baked in (positions, rotations, scales, SH). `program` names Blender and the add-on in the
+    sidecar. Returns (path, count)."""
     splats = object_splats(context, ob)
+    matrix = np.array(ob.matrix_world, dtype=np.float64)
     if apply_transform:
         try:
-            splats = bake_transform(splats, np.array(ob.matrix_world, dtype=np.float64))
+            splats = bake_transform(splats, matrix)
         except TransformError as e:
             raise ExportError(f"'{ob.name}': {e} (or export without applying the transform)") from None
-    return ply.write_splat_ply(path, splats), len(splats)
+    path = write_viewer_html(path, splats) if file_format == "html" else ply.write_splat_ply(path, splats)
+    export = export_record(program, ob.name, matrix, apply_transform)
+    write_sidecar_json(path, exported_provenance(path, splats.sh_degree, file_format, export))
+    return Path(path), len(splats)

@@ -292,17 +292,13 @@ class FACESPLAT_OT_batch_import(Operator):
         return {"FINISHED"}
 
 
-class FACESPLAT_OT_export_ply(Operator, ExportHelper):
-    """Export the active object's Gaussians as a standard 3DGS PLY (Inria layout)"""
+class _SplatExport(ExportHelper):
+    """What the PLY and the HTML exports share (a mixin: Blender cannot subclass a registered operator)."""
 
-    bl_idname = "facesplat.export_ply"
-    bl_label = "Export 3D Gaussian Splat"
-
-    filename_ext = ".ply"
-    filter_glob: StringProperty(default="*.ply", options={"HIDDEN"})
     apply_transform: BoolProperty(
         name="Apply Transform", default=True,
         description="Bake the object's world transform into positions, rotations, scales and colours")
+    file_format = "ply"
 
     @classmethod
     def poll(cls, context):
@@ -316,12 +312,48 @@ class FACESPLAT_OT_export_ply(Operator, ExportHelper):
 
     def execute(self, context):
         try:
-            path, count = exporter.export_splats(context, context.active_object, self.filepath, self.apply_transform)
+            path, count = exporter.export_splats(context, context.active_object, self.filepath, self.apply_transform,
+                                                 self.file_format, f"Blender {bpy.app.version_string}, {_addon_name()}")
         except (exporter.ExportError, OSError) as e:
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
-        self.report({"INFO"}, f"Exported {count} Gaussians to {path}")
+        self.report({"INFO"}, f"Exported {count} Gaussians to {path} (and its provenance, .json)")
         return {"FINISHED"}
+
+
+class FACESPLAT_OT_export_ply(Operator, _SplatExport):
+    """Export the active object's Gaussians as a standard 3DGS PLY (Inria layout)"""
+
+    bl_idname = "facesplat.export_ply"
+    bl_label = "Export 3D Gaussian Splat"
+
+    filename_ext = ".ply"
+    filter_glob: StringProperty(default="*.ply", options={"HIDDEN"})
+
+
+class FACESPLAT_OT_export_html(Operator, _SplatExport):
+    """Export the active object's Gaussians as one self-contained HTML page that shows them in a browser, offline"""
+
+    bl_idname = "facesplat.export_html"
+    bl_label = "Export FaceSplat Viewer"
+
+    filename_ext = ".html"
+    filter_glob: StringProperty(default="*.html", options={"HIDDEN"})
+    file_format = "html"
+
+
+def _addon_name() -> str:
+    """'FaceSplat add-on <version>' from the extension's manifest (no bl_info in an extension)."""
+    import re
+
+    manifest = Path(__file__).resolve().parent / "blender_manifest.toml"
+    if not manifest.exists():  # a dev checkout: the manifest sits beside the add-on folder
+        manifest = manifest.parent.parent / "blender_manifest.toml"
+    try:
+        version = re.search(r'^version\s*=\s*"([^"]+)"', manifest.read_text(encoding="utf-8"), re.MULTILINE)
+    except OSError:
+        version = None
+    return f"FaceSplat add-on {version.group(1) if version else 'unknown version'}"
 
 
 def menu_import(self, context):
@@ -330,8 +362,9 @@ def menu_import(self, context):
 
 def menu_export(self, context):
     self.layout.operator(FACESPLAT_OT_export_ply.bl_idname, text="3D Gaussian Splat (.ply)")
+    self.layout.operator(FACESPLAT_OT_export_html.bl_idname, text="FaceSplat viewer (.html)")
 
 
 classes = (FACESPLAT_OT_run, FACESPLAT_OT_reisolate, FACESPLAT_OT_install_backend, FACESPLAT_OT_cancel,
-           FACESPLAT_OT_import_ply, FACESPLAT_OT_export_ply, FACESPLAT_OT_use_isolation, FACESPLAT_OT_batch_refresh,
+           FACESPLAT_OT_import_ply, FACESPLAT_OT_export_ply, FACESPLAT_OT_export_html, FACESPLAT_OT_use_isolation, FACESPLAT_OT_batch_refresh,
            FACESPLAT_OT_batch_import)

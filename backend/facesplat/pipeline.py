@@ -377,11 +377,13 @@ def run(source: Path, is_images: bool, output: Path, ws: Workspace, cfg: Config,
     check_output(output, ws, source)
     ws.prepare()
     with ws.locked(), _reported(ctx):  # locked first: a refused run must not write the other's events
-        report = run_stages(Run(ws, cfg, ctx, Path(source), is_images))
+        run_ = Run(ws, cfg, ctx, Path(source), is_images)
+        report = run_stages(run_)
         with stage_errors("export"):
             atomic_write_bytes(output, ws.head_ply.read_bytes())
             report = ws.update_report(output=str(Path(output).resolve()), source=source_record(source, is_images))
             write_sidecar(output, report, cfg, ctx.device)  # head.ply -> head.json
+            write_report_html(run_)
     ctx.emit("done", 1.0, f"wrote {output} ({report.get('gaussians_after_isolation', '?')} Gaussians)",
              output=str(Path(output).resolve()))
     return report
@@ -395,13 +397,31 @@ def reisolate(ws: Workspace, output: Path, cfg: Config, ctx: StageContext) -> di
             raise InputError(f"{ws.root} has no trained scene yet (the train stage has not finished); "
                              "run 'facesplat run' on it first")
         check_output(output, ws)
-        report = run_stages(Run(ws, cfg, ctx), [STAGE_BY_NAME["isolate"]], chain=chain)
+        run_ = Run(ws, cfg, ctx)
+        report = run_stages(run_, [STAGE_BY_NAME["isolate"]], chain=chain)
         with stage_errors("export"):
             atomic_write_bytes(output, ws.head_ply.read_bytes())
             write_sidecar(output, report, cfg, ctx.device)
+            write_report_html(run_)
     ctx.emit("done", 1.0, f"wrote {output} ({report['gaussians_after_isolation']} Gaussians)",
              output=str(Path(output).resolve()))
     return report
+
+
+def write_report_html(run: Run) -> None:
+    """report.html in the workspace (report.py): figures, contact sheet, training plot, warnings."""
+    from . import report
+    from .core.ply import read_splat_ply
+    from .views import load_views
+
+    ws = run.ws
+    cameras = run.cameras()
+    picks = [cameras[i] for i in np.unique(np.linspace(0, len(cameras) - 1, min(report.CONTACT_VIEWS, len(cameras)))
+                                           .round().astype(int))] if cameras else []
+    views = load_views(ws.root, picks, run.ctx.device, run.cfg.train.crop_margin)
+    scene, head = read_workspace_file(ws.scene_ply, read_splat_ply), read_workspace_file(ws.head_ply, read_splat_ply)
+    tiles = report.contact_tiles(scene, head, views)
+    atomic_write_bytes(ws.report_html, report.report_html(ws.read_report(), tiles))
 
 
 def _marker_hash(ws: Workspace, stage: str) -> str | None:

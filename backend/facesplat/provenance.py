@@ -7,7 +7,6 @@ docs/provenance.schema.json.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import hashlib
 import platform
 from importlib import metadata
@@ -15,31 +14,14 @@ from pathlib import Path
 
 from . import __version__
 from .config import Config
+from .core.provenance import COORDINATE_FRAME, FORMAT, file_record, now_utc, sidecar_path
+from .core.provenance import sha256_of as _sha256
 from .workspace import atomic_write_json
 
-FORMAT = 1
-COORDINATE_FRAME = {
-    "axes": "right-handed; +Z up, the face towards -Y, the head near the origin",
-    "units": "metres, approximate (scaled so the median camera distance is 0.5 m)",
-    "up": "+Z", "face_towards": "-Y", "scale_basis": "median camera distance = 0.5"}
+__all__ = ["COORDINATE_FRAME", "FORMAT", "sidecar_path", "source_record", "provenance", "write_sidecar"]
 PACKAGES = ("torch", "pycolmap", "numba", "numpy", "gsplat")
 REPORT_FIGURES = ("frames_sampled", "frames_with_face", "frames_registered", "mean_reprojection_error_px",
                   "gaussians_trained", "gaussians_before_isolation", "psnr_in_mask_db")
-
-
-def sidecar_path(output: Path) -> Path:
-    """head.ply -> head.json (never the output itself)."""
-    output = Path(output)
-    path = output.with_suffix(".json")
-    return path if path != output else output.with_name(output.name + ".provenance.json")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def source_record(source: Path, is_images: bool) -> dict:
@@ -78,10 +60,8 @@ def provenance(output: Path, report: dict, cfg: Config, device) -> dict:
     output = Path(output)
     return {
         "facesplat_provenance": FORMAT,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "file": {"name": output.name, "size": output.stat().st_size, "sha256": _sha256(output),
-                 "format": "3DGS PLY (binary little-endian, Inria property order)",
-                 "sh_degree": _ply_sh_degree(output)},
+        "created": now_utc(),
+        "file": file_record(output, _ply_sh_degree(output)),
         "source": report.get("source"),
         "parameters": dataclasses.asdict(cfg),
         "software": _versions(),

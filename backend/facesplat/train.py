@@ -56,6 +56,7 @@ def train(views: list[View], xyz: np.ndarray, rgb: np.ndarray, cfg: TrainConfig,
 
     emit("train", 0.0, f"training {len(params['means'])} Gaussians on {len(views)} views")
     started, losses, order = time.time(), [], []
+    history = {"step": [], "loss": [], "gaussians": []}  # every 10 steps, for report.html's plot
     for step in range(cfg.num_iters):
         if not order:
             order = list(rng.permutation(len(views)))
@@ -78,6 +79,9 @@ def train(views: list[View], xyz: np.ndarray, rgb: np.ndarray, cfg: TrainConfig,
         strategy.step_post_backward(params, optimizers, state, step, info)
         losses.append(float(loss.detach()))
         if step % 10 == 0 or step == cfg.num_iters - 1:
+            history["step"].append(step + 1)
+            history["loss"].append(round(float(np.mean(losses[-10:])), 6))
+            history["gaussians"].append(len(params["means"]))
             emit("train", (step + 1) / cfg.num_iters,
                  f"step {step + 1}/{cfg.num_iters}, loss {np.mean(losses[-10:]):.4f}, {len(params['means'])} Gaussians")
 
@@ -86,6 +90,7 @@ def train(views: list[View], xyz: np.ndarray, rgb: np.ndarray, cfg: TrainConfig,
         "gaussians_trained": len(splats),
         "final_loss": float(np.mean(losses[-50:])) if losses else None,
         "train_seconds_per_step": (time.time() - started) / max(cfg.num_iters, 1),
+        "train_history": history,
     }
     emit("train", 1.0, f"{len(splats)} Gaussians")
     return TrainResult(params=params, splats=splats, summary=summary)

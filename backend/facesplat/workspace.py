@@ -148,6 +148,7 @@ class Workspace:
     isolations_dir = property(lambda self: self.root / "isolations")
     report_json = property(lambda self: self.root / "report.json")
     preview_png = property(lambda self: self.root / "preview.png")
+    report_html = property(lambda self: self.root / "report.html")
 
     def isolation_ply(self, threshold: float, min_opacity: float) -> Path:
         """Where the isolation with these settings is kept (re-isolating never loses one)."""

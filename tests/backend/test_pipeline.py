@@ -145,3 +145,33 @@ def test_changed_training_parameter_reuses_earlier_stages(finished_run, capture_
     reused = {e["stage"] for e in new if "already done" in e["message"]}
     assert reused == {"frames", "faces", "sfm", "masks"}
     assert any(e["stage"] == "train" and "step 40/40" in e["message"] for e in new)
+
+
+def test_report_html_renders_offline_in_chromium(finished_run):
+    """report.html: the figures table, the contact sheet's pictures and the training plot, shown by a
+    real headless Chromium with no request leaving the file."""
+    from headless_chromium import Chromium
+
+    _, ws, _, _ = finished_run
+    report = json.loads((ws / "report.json").read_text())
+    history = report["train_history"]
+    assert history["step"][0] == 1 and history["step"][-1] == 300
+    assert history["gaussians"][-1] == report["gaussians_trained"] and len(history["loss"]) == len(history["step"])
+    with Chromium(900, 1200) as browser:
+        browser.open((ws / "report.html").as_uri())
+        page = browser.evaluate("""JSON.stringify({
+            rows: Object.fromEntries([...document.querySelectorAll('table.figures tr')]
+                  .map(r => [r.cells[0].textContent, r.cells[1].textContent])),
+            pictures: [...document.querySelectorAll('table.sheet img')].map(i => [i.complete, i.naturalWidth]),
+            lines: document.querySelectorAll('svg polyline').length,
+            warnings: document.querySelectorAll('ul.warnings li').length + document.querySelectorAll('p.ok').length})""")
+        shot = browser.screenshot()
+        requests = list(browser.requests)
+    page = json.loads(page)
+    assert page["rows"]["frames_registered"] == str(report["frames_registered"])
+    assert page["rows"]["stage_seconds.train"] == f"{report['stage_seconds']['train']:.4g}"
+    assert len(page["pictures"]) == 16 and all(done and width > 0 for done, width in page["pictures"])
+    assert page["lines"] == 2 and page["warnings"] >= 1
+    assert shot.std() > 20  # something is drawn, not a blank page
+    outside = [url[:80] for url in requests if not url.startswith(("file:", "data:"))]
+    assert not outside and requests[0] == (ws / "report.html").as_uri(), outside
