@@ -7,8 +7,10 @@ docs/provenance.schema.json.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import platform
+import struct
 from importlib import metadata
 from pathlib import Path
 
@@ -31,13 +33,54 @@ def source_record(source: Path, is_images: bool) -> dict:
 
     source = Path(source)
     if not is_images:
-        return {"kind": "video", "name": source.name, "size": source.stat().st_size, "sha256": _sha256(source)}
+        return {"kind": "video", "name": source.name, "size": source.stat().st_size, "sha256": _sha256(source),
+                "capture_date": capture_date(source)}
     files = list_images(source)
     digest = hashlib.sha256()
     for p in files:
         digest.update(f"{p.name}\0{_sha256(p)}\n".encode())
     return {"kind": "images", "name": source.name, "size": sum(p.stat().st_size for p in files),
             "files": len(files), "sha256": digest.hexdigest()}
+
+
+MP4_EPOCH = datetime.datetime(1904, 1, 1, tzinfo=datetime.timezone.utc)
+MAX_BOXES = 10_000  # a hostile file of tiny boxes ends the walk, not the run
+
+
+def capture_date(video: Path) -> str | None:
+    """When an MP4 / MOV video was recorded: its movie header's (moov/mvhd) creation time, UTC,
+    as ISO 8601; None when the container has none (0, as our sample's encoder writes), is no
+    ISO-BMFF file, or is damaged. Reads only box headers, no dependency."""
+    try:
+        with open(video, "rb") as f:
+            size = f.seek(0, 2)
+            end, offset = size, 0
+            for _ in range(MAX_BOXES):
+                if offset + 8 > end:
+                    return None
+                f.seek(offset)
+                box_size, kind = struct.unpack(">I4s", f.read(8))
+                header = 8
+                if box_size == 1:
+                    box_size, header = struct.unpack(">Q", f.read(8))[0], 16
+                elif box_size == 0:
+                    box_size = end - offset
+                if box_size < header or offset + box_size > end:
+                    return None
+                if kind == b"moov":  # descend: mvhd is one of its children
+                    offset, end = offset + header, offset + box_size
+                    continue
+                if kind == b"mvhd":
+                    version = f.read(1)[0]
+                    f.read(3)  # flags
+                    seconds = struct.unpack(">Q" if version == 1 else ">I", f.read(8 if version == 1 else 4))[0]
+                    if seconds == 0:
+                        return None
+                    return (MP4_EPOCH + datetime.timedelta(seconds=seconds)).isoformat()
+                offset += box_size
+    except (OSError, struct.error, IndexError, OverflowError):
+        return None
+    return None
 
 
 def _versions() -> dict:

@@ -61,7 +61,8 @@ def test_sidecar_from_a_real_report_validates_against_the_schema(tmp_path):
     jsonschema.Draft202012Validator.check_schema(schema)
     jsonschema.validate(sidecar, schema)
     assert sidecar["source"] == {"kind": "video", "name": "clip.mp4", "size": 1000, "sha256":
-                                 "541b3e9daa09b20bf85fa273e5cbd3e80185aa4ec298e765db87742b70138a53"}
+                                 "541b3e9daa09b20bf85fa273e5cbd3e80185aa4ec298e765db87742b70138a53",
+                                 "capture_date": None}  # 1000 zero bytes: no container, no date
     assert sidecar["file"]["sh_degree"] == 1 and sidecar["file"]["size"] == HEAD.stat().st_size
     assert sidecar["gaussians_kept"] == 1049 == len(read_splat_ply(output))
     assert sidecar["frames_registered"] == 20 and sidecar["parameters"]["train"]["sh_degree"] == 1
@@ -69,3 +70,29 @@ def test_sidecar_from_a_real_report_validates_against_the_schema(tmp_path):
     bad = dict(sidecar, file=dict(sidecar["file"], sha256="nothex"))
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
+
+
+def test_capture_date_comes_from_the_mp4_movie_header(tmp_path):
+    import datetime
+    import struct
+
+    import numpy as np
+
+    from facesplat.provenance import capture_date
+    from helpers import write_video
+
+    video = write_video(tmp_path / "clip.mp4", [np.full((64, 64, 3), i * 20, np.uint8) for i in range(5)])
+    data = bytearray(video.read_bytes())
+    mvhd = data.find(b"mvhd")
+    assert mvhd > 0 and data[mvhd + 4] == 0  # version 0: 32-bit seconds since 1904
+    assert capture_date(video) is None  # OpenCV's muxer writes 0: no date
+    taken = datetime.datetime(2026, 5, 17, 14, 3, 9, tzinfo=datetime.timezone.utc)
+    seconds = int((taken - datetime.datetime(1904, 1, 1, tzinfo=datetime.timezone.utc)).total_seconds())
+    data[mvhd + 8:mvhd + 12] = struct.pack(">I", seconds)
+    video.write_bytes(bytes(data))
+    assert capture_date(video) == "2026-05-17T14:03:09+00:00"
+    assert source_record(video, is_images=False)["capture_date"] == "2026-05-17T14:03:09+00:00"
+    # Damaged containers give no date and no error.
+    for damaged in (bytes(data[:mvhd - 2]), b"\0\0\0\x01moov" + b"\xff" * 8, b"not a video"):
+        (tmp_path / "bad.mp4").write_bytes(damaged)
+        assert capture_date(tmp_path / "bad.mp4") is None
