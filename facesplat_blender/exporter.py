@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import display
 from .core import ply
 from .core.provenance import export_record, exported_provenance, write_sidecar_json
 from .core.transform import TransformError, bake_transform
@@ -36,18 +37,20 @@ def _float_point_attribute(attributes, name: str, n: int) -> np.ndarray | None:
 
 
 def object_splats(context, ob) -> ply.Splats:
-    """The Gaussians of `ob` in its local space, as Blender evaluates it (modifiers included)."""
+    """The Gaussians of `ob` in its local space, as Blender evaluates it (modifiers included, the
+    FaceSplat display left out)."""
     if ob is None or ob.type not in ("POINTCLOUD", "MESH"):
         raise ExportError(f"'{getattr(ob, 'name', None)}' is not a point cloud; select the imported Gaussians")
-    data = ob.evaluated_get(context.evaluated_depsgraph_get()).data
-    attributes = data.attributes
-    n = len(data.points) if ob.type == "POINTCLOUD" else len(data.vertices)
-    means = np.empty(n * 3, dtype=np.float32)
-    if n:  # an empty point cloud has no position attribute
-        attributes["position"].data.foreach_get("vector", means)
-    names = ply.property_names(3)[6:]  # every column a file can have; absent f_rest_* set the degree
-    columns = {name: col for name in names
-               if (col := _float_point_attribute(attributes, name, n)) is not None}
+    with display.display_off(ob):  # the display's instances are not Gaussians
+        data = ob.evaluated_get(context.evaluated_depsgraph_get()).data
+        attributes = data.attributes
+        n = len(data.points) if ob.type == "POINTCLOUD" else len(data.vertices)
+        means = np.empty(n * 3, dtype=np.float32)
+        if n:  # an empty point cloud has no position attribute
+            attributes["position"].data.foreach_get("vector", means)
+        names = ply.property_names(3)[6:]  # every column a file can have; absent f_rest_* set the degree
+        columns = {name: col for name in names
+                   if (col := _float_point_attribute(attributes, name, n)) is not None}
     try:
         return ply.splats_from_columns(means.reshape(n, 3), columns)
     except ValueError as e:

@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 import bpy
-from bpy.props import BoolProperty, StringProperty
+from bpy.props import BoolProperty, IntProperty, StringProperty
 from bpy.types import Operator
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
-from . import batches, exporter, importer, isolations, jobs, properties
+from . import batches, exporter, importer, isolations, jobs, properties, tools
 from .job_factories import abspath, import_finished_run, install_job, reisolate_job, run_job
 from .jobs import BackendJob, UserError
 
@@ -356,6 +356,83 @@ def _addon_name() -> str:
     return f"FaceSplat add-on {version.group(1) if version else 'unknown version'}"
 
 
+class _HeadOperator:
+    """Works on the head of the run the active object belongs to (head, its empty, a camera)."""
+
+    @classmethod
+    def poll(cls, context):
+        return _active_head(context) is not None
+
+
+def _active_head(context):
+    return tools.active_head(context)
+
+
+class FACESPLAT_OT_add_crop_box(_HeadOperator, Operator):
+    """Add a box around the head's Gaussians: move, rotate and scale it, then Crop"""
+
+    bl_idname = "facesplat.add_crop_box"
+    bl_label = "Add Crop Box"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        box = tools.add_crop_box(context, _active_head(context))
+        for ob in context.selected_objects:
+            ob.select_set(False)
+        box.select_set(True)
+        context.view_layer.objects.active = box
+        return {"FINISHED"}
+
+
+class FACESPLAT_OT_crop(_HeadOperator, Operator):
+    """Delete the head's Gaussians outside the crop box (or inside it); export writes the rest"""
+
+    bl_idname = "facesplat.crop"
+    bl_label = "Crop"
+    bl_options = {"REGISTER", "UNDO"}
+
+    keep_inside: BoolProperty(name="Keep Inside", default=True,
+                              description="Keep the Gaussians inside the box (off: delete them)")
+
+    def execute(self, context):
+        head = _active_head(context)
+        box = tools.crop_box_of(context, head)
+        if box is None:
+            self.report({"ERROR"}, f"No crop box for {head.name}: press Add Crop Box first")
+            return {"CANCELLED"}
+        removed = tools.crop(context, head, box, self.keep_inside)
+        self.report({"INFO"}, f"{head.name}: {removed} Gaussians deleted, {len(head.data.points)} left")
+        return {"FINISHED"}
+
+
+class FACESPLAT_OT_frame_head(_HeadOperator, Operator):
+    """Look at the face: through the run's most face-forward camera, and a front view of the head"""
+
+    bl_idname = "facesplat.frame_head"
+    bl_label = "Frame the Head"
+
+    def execute(self, context):
+        cam = tools.frame_head(context, _active_head(context))
+        self.report({"INFO"}, f"Camera: {cam.name}" if cam is not None else "Front view (the run has no cameras)")
+        return {"FINISHED"}
+
+
+class FACESPLAT_OT_step_camera(_HeadOperator, Operator):
+    """Look through the run's previous or next registered camera"""
+
+    bl_idname = "facesplat.step_camera"
+    bl_label = "Step Camera"
+
+    step: IntProperty(name="Step", default=1, description="-1: previous camera, 1: next")
+
+    def execute(self, context):
+        cam = tools.step_camera(context, _active_head(context), self.step)
+        if cam is None:
+            self.report({"ERROR"}, "This run has no cameras")
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
 def menu_import(self, context):
     self.layout.operator(FACESPLAT_OT_import_ply.bl_idname, text="3D Gaussian Splat (.ply)")
 
@@ -367,4 +444,5 @@ def menu_export(self, context):
 
 classes = (FACESPLAT_OT_run, FACESPLAT_OT_reisolate, FACESPLAT_OT_install_backend, FACESPLAT_OT_cancel,
            FACESPLAT_OT_import_ply, FACESPLAT_OT_export_ply, FACESPLAT_OT_export_html, FACESPLAT_OT_use_isolation, FACESPLAT_OT_batch_refresh,
-           FACESPLAT_OT_batch_import)
+           FACESPLAT_OT_batch_import, FACESPLAT_OT_add_crop_box, FACESPLAT_OT_crop, FACESPLAT_OT_frame_head,
+           FACESPLAT_OT_step_camera)

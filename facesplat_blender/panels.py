@@ -5,7 +5,7 @@ from pathlib import Path
 import bpy
 from bpy.types import Panel, UIList
 
-from . import exporter, importer, isolations, preferences
+from . import exporter, importer, isolations, preferences, tools
 
 
 class _FaceSplatPanel:
@@ -136,6 +136,37 @@ class FACESPLAT_PT_isolate(_FaceSplatPanel, Panel):
                 op.filepath = str(isolation.path)
 
 
+class FACESPLAT_PT_display(_FaceSplatPanel, Panel):
+    bl_parent_id = "FACESPLAT_PT_main"
+    bl_label = "Display & Tools"
+
+    def draw(self, context):
+        layout = self.layout
+        head = tools.active_head(context)
+        if head is None:
+            layout.label(text="Select an imported FaceSplat head", icon="INFO")
+            return
+        layout.row().prop(head.facesplat, "display", expand=True)
+        layout.prop(head.facesplat, "display_min_opacity", slider=True)
+        layout.prop(context.scene.facesplat, "splat_3dgs_colours")
+        row = layout.row(align=True)
+        row.operator("facesplat.add_crop_box", icon="CUBE")
+        row.operator("facesplat.crop", icon="X").keep_inside = True
+        layout.operator("facesplat.frame_head", icon="USER")
+        cams = tools.run_cameras(head)
+        if cams:
+            row = layout.row(align=True)
+            row.operator("facesplat.step_camera", text="", icon="TRIA_LEFT").step = -1
+            cam = context.scene.camera
+            row.label(text=f"{cams.index(cam) + 1} / {len(cams)}: {cam.name}" if cam in cams
+                      else f"{len(cams)} cameras")
+            row.operator("facesplat.step_camera", text="", icon="TRIA_RIGHT").step = 1
+            if cam in cams and cam.data.background_images:
+                row = layout.row(align=True)
+                row.prop(cam.data, "show_background_images", text="Frame")
+                row.prop(cam.data.background_images[0], "alpha", slider=True)
+
+
 class FACESPLAT_PT_export(_FaceSplatPanel, Panel):
     bl_parent_id = "FACESPLAT_PT_main"
     bl_label = "Export"
@@ -151,4 +182,4 @@ class FACESPLAT_PT_export(_FaceSplatPanel, Panel):
 
 
 classes = (FACESPLAT_UL_batch_captures, FACESPLAT_PT_main, FACESPLAT_PT_capture, FACESPLAT_PT_batch,
-           FACESPLAT_PT_isolate, FACESPLAT_PT_export)
+           FACESPLAT_PT_isolate, FACESPLAT_PT_display, FACESPLAT_PT_export)

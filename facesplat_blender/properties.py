@@ -8,7 +8,7 @@ from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProp
                        StringProperty)
 from bpy.types import PropertyGroup
 
-from . import batches
+from . import batches, display
 from .core.config import DEFAULT_PRESET, PRESETS, get_value, make_config, option_schema
 from .runner import SETTINGS
 
@@ -108,6 +108,11 @@ def _settings_annotations() -> dict:
         "batch_captures": CollectionProperty(type=FACESPLAT_PG_batch_capture),
         "batch_index": IntProperty(name="Capture", default=0, min=0),
         "batch_error": StringProperty(description="Why the batch folder lists no captures"),
+        "splat_3dgs_colours": BoolProperty(
+            name="3DGS Colours", default=False,
+            update=lambda settings, context: display.set_3dgs_colours(settings.id_data, settings.splat_3dgs_colours),
+            description="Blend the splats' colours as a 3DGS viewer does: they emit their sRGB values and the "
+                        "scene's view transform becomes Raw (off: linear colours, Standard view transform)"),
     }
 
 
@@ -161,11 +166,20 @@ class FACESPLAT_PG_object(PropertyGroup):
     """Links an imported object back to its FaceSplat run."""
 
     role: EnumProperty(items=[("NONE", "None", ""), ("ROOT", "Run", "Parent of one run's objects"),
-                              ("HEAD", "Head", "The head Gaussians"), ("CAMERA", "Camera", "A registered frame")],
+                              ("HEAD", "Head", "The head Gaussians"), ("CAMERA", "Camera", "A registered frame"),
+                              ("CROP", "Crop Box", "A box whose inside Crop keeps (or deletes)")],
                        default="NONE")
     workspace: StringProperty(subtype="DIR_PATH", description="The run's workspace folder")
     source: StringProperty(subtype="FILE_PATH", description="The PLY file the Gaussians came from")
     frame_index: IntProperty(default=-1, description="Frame index in the source video")
+    display: EnumProperty(name="Display", items=display.DISPLAY_MODES, default="POINTS",
+                          update=lambda self, context: display.set_display(self.id_data,
+                                                                           splats=self.display == "SPLATS"),
+                          description="How the head's Gaussians are drawn")
+    display_min_opacity: FloatProperty(
+        name="Hide Below", default=0.0, min=0.0, max=1.0, subtype="FACTOR", precision=3,
+        update=lambda self, context: display.set_display(self.id_data, min_opacity=self.display_min_opacity),
+        description="Hide Gaussians whose opacity is below this (display only: export keeps them)")
 
 
 classes = (FACESPLAT_PG_batch_capture, FACESPLAT_PG_settings, FACESPLAT_PG_job, FACESPLAT_PG_object)
