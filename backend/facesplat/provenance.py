@@ -16,9 +16,8 @@ from pathlib import Path
 
 from . import __version__
 from .config import Config
-from .core.provenance import COORDINATE_FRAME, FORMAT, file_record, now_utc, sidecar_path
+from .core.provenance import COORDINATE_FRAME, FORMAT, file_record, now_utc, sidecar_path, write_sidecar_json
 from .core.provenance import sha256_of as _sha256
-from .workspace import atomic_write_json
 
 __all__ = ["COORDINATE_FRAME", "FORMAT", "sidecar_path", "source_record", "provenance", "write_sidecar"]
 PACKAGES = ("torch", "pycolmap", "numba", "numpy", "gsplat")
@@ -119,6 +118,4 @@ def provenance(output: Path, report: dict, cfg: Config, device) -> dict:
 
 def write_sidecar(output: Path, report: dict, cfg: Config, device) -> Path:
     """Write `output`'s provenance next to it, atomically; returns the sidecar's path."""
-    path = sidecar_path(output)
-    atomic_write_json(path, provenance(output, report, cfg, device))
-    return path
+    return write_sidecar_json(output, provenance(output, report, cfg, device))
