@@ -25,6 +25,7 @@ from .core import ply
 MODIFIER_NAME = "FaceSplat Display"
 GROUP_NAME = "FaceSplat Display"
 SPLAT_MATERIAL_NAME = "FaceSplat Splats"
+SET_MATERIAL_NODE = "FaceSplat Set Material"
 RAW_COLOURS_NODE = "FaceSplat raw colours"
 SIGMAS = 3.0  # the ellipsoid drawn reaches this many standard deviations (alpha falls to 1 %)
 ICO_INRADIUS = 0.7947  # an icosahedron's inscribed / circumscribed radius: its faces lie that far in
@@ -159,6 +160,8 @@ def display_group() -> bpy.types.NodeTree:
     points as they are or an ellipsoid per point."""
     group = bpy.data.node_groups.get(GROUP_NAME)
     if group is not None:
+        # The material may have been deleted since (a purge, a script): point the group at it again.
+        group.nodes[SET_MATERIAL_NODE].inputs["Material"].default_value = splat_material()
         return group
     group = bpy.data.node_groups.new(GROUP_NAME, "GeometryNodeTree")
     group.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
@@ -199,7 +202,7 @@ def display_group() -> bpy.types.NodeTree:
     for i in range(4):
         b.link(b.math("DIVIDE", -550, -950 - 100 * i, quat[i], b.math("MAXIMUM", -600, -1200, norm, 1e-12)),
                rotation.inputs[i])
-    material = b.node("GeometryNodeSetMaterial", -500, -150)
+    material = b.node("GeometryNodeSetMaterial", -500, -150, name=SET_MATERIAL_NODE)
     material.inputs["Material"].default_value = splat_material()
     b.link(sphere.outputs["Mesh"], material.inputs["Geometry"])
     instances = b.node("GeometryNodeInstanceOnPoints", -200, -150)
