@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import display
 from .core import ply
 from .core.provenance import export_record, exported_provenance, write_sidecar_json
 from .core.transform import TransformError, bake_transform
@@ -41,6 +40,8 @@ def object_splats(context, ob) -> ply.Splats:
     FaceSplat display left out)."""
     if ob is None or ob.type not in ("POINTCLOUD", "MESH"):
         raise ExportError(f"'{getattr(ob, 'name', None)}' is not a point cloud; select the imported Gaussians")
+    from . import display  # bpy at import: exporter itself stays importable without Blender
+
     with display.display_off(ob):  # the display's instances are not Gaussians
         data = ob.evaluated_get(context.evaluated_depsgraph_get()).data
         attributes = data.attributes
