@@ -2,8 +2,11 @@
 
 Writes `<out_dir>/<NNNNNN>.png` (NNNNNN = index of the frame in the source) and returns the
 records the pipeline keeps as `frames.json`:
-    [{"frame_index": int, "image": "frames/000012.png", "width": int, "height": int, "sharpness": float}]
-Sharpness is the variance of the Laplacian of the stored (resized) frame.
+    [{"frame_index": int, "image": "frames/000012.png", "width": int, "height": int, "sharpness": float,
+      "sfm_image": "frames_sfm/000012.png", "sfm_width": int, "sfm_height": int}]
+Sharpness is the variance of the Laplacian of the stored (resized) frame. Structure from motion
+gets larger frames than training where the source has them (`sfm_frame_height`): the `sfm_*`
+keys name that copy, written into `sfm_dir`; without them SfM uses `image` itself.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 _ROTATE_CODES = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
 
 
-def extract_video_frames(video: Path, out_dir: Path, cfg: FramesConfig, ctx: StageContext) -> list[dict]:
-    """Sample `cfg.num_frames` frames evenly over `video`, the sharpest of each window's centre.
+def extract_video_frames(video: Path, out_dir: Path, cfg: FramesConfig, ctx: StageContext,
+                         sfm_dir: Path | None = None) -> list[dict]:
+    """Sample `cfg.num_frames` frames evenly over `video`, the sharpest of each window's centre
+    (and, with `sfm_dir`, each also at `sfm_frame_height` there when that is larger).
 
     The video is decoded once, front to back (seeking in MPEG-4 lands on the wrong frame), and
     only candidate frames are converted and scored.
@@ -34,20 +39,22 @@ def extract_video_frames(video: Path, out_dir: Path, cfg: FramesConfig, ctx: Sta
     _check_num_frames(cfg.num_frames)
     _check_video_file(video)
     total = _reported_frame_count(video)
-    records, decoded = _sample_video(video, total, out_dir, cfg, ctx)
+    records, decoded = _sample_video(video, total, out_dir, sfm_dir, cfg, ctx)
     if decoded != total:
         # The container's frame count was wrong: plan again on the true count.
         _check_frame_count(video, decoded, cfg.num_frames)
-        records, decoded = _sample_video(video, decoded, out_dir, cfg, ctx)
+        records, decoded = _sample_video(video, decoded, out_dir, sfm_dir, cfg, ctx)
     if len(records) < cfg.num_frames:
         raise InputError(f"could not decode {cfg.num_frames - len(records)} of the {cfg.num_frames} sampled frames "
                          f"of {video}; the file may be damaged; try exporting the video again")
     return records
 
 
-def load_image_folder(folder: Path, out_dir: Path, cfg: FramesConfig, ctx: StageContext) -> list[dict]:
+def load_image_folder(folder: Path, out_dir: Path, cfg: FramesConfig, ctx: StageContext,
+                      sfm_dir: Path | None = None) -> list[dict]:
     """Take at most `cfg.num_frames` photos, evenly spaced in name order; `frame_index` is the
-    photo's position in that order. EXIF orientation is applied (cv2.IMREAD_COLOR does it)."""
+    photo's position in that order. EXIF orientation is applied (cv2.IMREAD_COLOR does it).
+    With `sfm_dir`, each photo is also kept at `sfm_frame_height` there when that is larger."""
     folder = Path(folder)
     _check_num_frames(cfg.num_frames)
     paths = list_images(folder)
@@ -58,9 +65,18 @@ def load_image_folder(folder: Path, out_dir: Path, cfg: FramesConfig, ctx: Stage
         if image is None:
             raise InputError(f"cannot read image {paths[index]}; "
                              "remove it from the folder or save it again as JPEG or PNG")
-        records.append(_save_frame(out_dir, index, resize_to_height(image, cfg.height)))
+        records.append(_save_frame(out_dir, index, resize_to_height(image, cfg.height), source=image,
+                                   sfm_dir=sfm_dir, sfm_height=sfm_frame_height(cfg)))
         ctx.emit("frames", (k + 1) / len(picks), f"loaded photo {k + 1} of {len(picks)}")
     return records
+
+
+def sfm_frame_height(cfg: FramesConfig) -> int:
+    """The height structure from motion works at: `cfg.sfm_height`, or the training height if
+    larger (never above the source: frames are not upscaled). SIFT on small frames finds few,
+    imprecise features: on a rendered full orbit at 270 px the cameras drifted 11 mm on average
+    (31 mm at the loop's seam) and no visual hull could agree with them; at 360 px, 3 mm."""
+    return max(cfg.height, cfg.sfm_height)
 
 
 def sampling_windows(total: int, n: int, window_fraction: float) -> list[list[int]]:
@@ -164,7 +180,7 @@ def _check_num_frames(n: int) -> None:
         raise InputError(f"{n} frames asked; try --num-frames 40")
 
 
-def _sample_video(video: Path, total: int, out_dir: Path, cfg: FramesConfig,
+def _sample_video(video: Path, total: int, out_dir: Path, sfm_dir: Path | None, cfg: FramesConfig,
                   ctx: StageContext) -> tuple[list[dict], int]:
     """One decoding pass: save the sharpest candidate of each window as soon as the window is
     over (only one frame is held at a time). Returns the records and the frames decoded."""
@@ -172,19 +188,21 @@ def _sample_video(video: Path, total: int, out_dir: Path, cfg: FramesConfig,
     windows = sampling_windows(total, cfg.num_frames, cfg.sharpness_window)
     window_of = {i: k for k, window in enumerate(windows) for i in window}
     cap, rotation = _open_video(video)
-    records, best, index = [], None, 0  # best = (sharpness, frame_index, frame) of the open window
+    records, best, index = [], None, 0  # best = (sharpness, frame_index, frame, upright source) of the open window
     try:
         while cap.grab():
             k = window_of.get(index)
             if k is not None:
                 ok, frame = cap.retrieve()
                 if ok:
-                    frame = resize_to_height(rotate_clockwise(frame, rotation), cfg.height)
+                    upright = rotate_clockwise(frame, rotation)
+                    frame = resize_to_height(upright, cfg.height)
                     score = sharpness(frame)
                     if best is None or score > best[0]:
-                        best = (score, index, frame)
+                        best = (score, index, frame, upright if sfm_dir is not None else None)
                 if index == windows[k][-1] and best is not None:
-                    records.append(_save_frame(out_dir, best[1], best[2], best[0]))
+                    records.append(_save_frame(out_dir, best[1], best[2], best[0], source=best[3], sfm_dir=sfm_dir,
+                                               sfm_height=sfm_frame_height(cfg)))
                     best = None
                     ctx.emit("frames", len(records) / len(windows), f"sampled frame {len(records)} of {len(windows)}")
             index += 1
@@ -213,12 +231,25 @@ def list_images(folder: Path) -> list[Path]:
 
 # --- output --------------------------------------------------------------------------------
 
-def _save_frame(out_dir: Path, frame_index: int, image: np.ndarray, score: float | None = None) -> dict:
+def _save_frame(out_dir: Path, frame_index: int, image: np.ndarray, score: float | None = None, *,
+                source: np.ndarray | None = None, sfm_dir: Path | None = None, sfm_height: int = 0) -> dict:
+    """Write the training frame `image`, and `source` resized to `sfm_height` into `sfm_dir`
+    where that is larger than `image`; the frames.json record of both."""
     name = frame_name(frame_index)
+    _write_png(out_dir / name, image, frame_index)
+    h, w = image.shape[:2]
+    record = {"frame_index": int(frame_index), "image": f"{out_dir.name}/{name}", "width": w, "height": h,
+              "sharpness": round(sharpness(image) if score is None else score, 3)}
+    if sfm_dir is not None and source is not None:
+        larger = resize_to_height(source, sfm_height)
+        if larger.shape[0] > h:
+            _write_png(sfm_dir / name, larger, frame_index)
+            record.update(sfm_image=f"{sfm_dir.name}/{name}", sfm_width=larger.shape[1], sfm_height=larger.shape[0])
+    return record
+
+
+def _write_png(path: Path, image: np.ndarray, frame_index: int) -> None:
     ok, png = cv2.imencode(".png", image)
     if not ok:
         raise StageError(f"could not encode frame {frame_index} as PNG; try a smaller --height")
-    atomic_write_bytes(out_dir / name, png.tobytes())
-    h, w = image.shape[:2]
-    return {"frame_index": int(frame_index), "image": f"{out_dir.name}/{name}", "width": w, "height": h,
-            "sharpness": round(sharpness(image) if score is None else score, 3)}
+    atomic_write_bytes(path, png.tobytes())

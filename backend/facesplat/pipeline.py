@@ -71,8 +71,9 @@ def _frames(run: Run) -> dict:
     from . import frames
 
     out_dir = run.ws.fresh_dir(run.ws.frames_dir)
+    sfm_dir = run.ws.fresh_dir(run.ws.sfm_frames_dir)
     extract = frames.load_image_folder if run.is_images else frames.extract_video_frames
-    records = extract(Path(run.source), out_dir, run.cfg.frames, run.ctx)
+    records = extract(Path(run.source), out_dir, run.cfg.frames, run.ctx, sfm_dir=sfm_dir)
     atomic_write_json(run.ws.frames_json, records)
     return {"frames_sampled": len(records)}
 
@@ -98,7 +99,7 @@ def _sfm(run: Run) -> dict:
     frames = run.frames()
     run.ws.require_free_space(SFM_BASE_BYTES + SFM_BYTES_PER_FRAME * len(frames), "structure from motion")
     work_dir = run.ws.fresh_dir(run.ws.sfm_dir)
-    result = reconstruct(frames, run.faces(), run.ws.frames_dir, work_dir, run.cfg.sfm, run.ctx)
+    result = reconstruct(frames, run.faces(), run.ws.root, work_dir, run.cfg.sfm, run.ctx)
     write_cameras_json(run.ws.cameras_json, result.cameras, sfm_to_world=result.sfm_to_world)
     write_npz(run.ws.points_npz, xyz=result.xyz, rgb=result.rgb)
     return result.summary
@@ -172,7 +173,7 @@ def _isolate(run: Run) -> dict:
 
 def _check_frames(run: Run) -> str:
     frames = run.frames()
-    _require_files(run.ws, [f["image"] for f in frames])
+    _require_files(run.ws, [f["image"] for f in frames] + [f["sfm_image"] for f in frames if "sfm_image" in f])
     return f"{len(frames)} frames"
 
 

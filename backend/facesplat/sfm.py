@@ -48,15 +48,17 @@ class SfmResult:
     summary: dict  # for report.json
 
 
-def reconstruct(frames: list[dict], faces: list[dict], frames_dir: Path, work_dir: Path, cfg: SfmConfig,
+def reconstruct(frames: list[dict], faces: list[dict], root: Path, work_dir: Path, cfg: SfmConfig,
                 ctx: StageContext) -> SfmResult:
-    """Register `frames` (images in `frames_dir`) with pycolmap, working in the empty folder
-    `work_dir` (COLMAP's database, and the kept model in `work_dir/model`). `faces` (the faces
-    stage's records, possibly without a single face) only orient the head frame."""
+    """Register `frames` (frames.json records; their images relative to `root`) with pycolmap,
+    working in the empty folder `work_dir` (COLMAP's database, and the kept model in
+    `work_dir/model`). SfM reads each frame's larger `sfm_image` where it has one; the cameras
+    come back scaled to the training frames (`image`). `faces` (the faces stage's records,
+    possibly without a single face) only orient the head frame."""
     emit = ctx.emit
     n = len(frames)
     database = work_dir / "database.db"
-    image_names = [Path(f["image"]).name for f in frames]
+    image_names = [sfm_image(f) for f in frames]
     token = pycolmap.CancellationToken()
     ctx.cancel_hooks.append(token.cancel)
 
@@ -65,7 +67,7 @@ def reconstruct(frames: list[dict], faces: list[dict], frames_dir: Path, work_di
     extraction.sift.max_num_features = cfg.max_num_features
     extraction.sift.peak_threshold = cfg.peak_threshold
     pycolmap.extract_features(
-        database, frames_dir, image_names=image_names,
+        database, root, image_names=image_names,
         camera_mode=pycolmap.CameraMode.SINGLE,  # AUTO silently drops the shared camera
         reader_options=pycolmap.ImageReaderOptions(camera_model="SIMPLE_RADIAL"),
         extraction_options=extraction, device=pycolmap.Device.cpu, cancellation_token=token)
@@ -95,7 +97,7 @@ def reconstruct(frames: list[dict], faces: list[dict], frames_dir: Path, work_di
     options.mapper.init_min_num_inliers = 4 * cfg.min_pose_inliers
     options.mapper.abs_pose_min_num_inliers = cfg.min_pose_inliers
     options.mapper.abs_pose_min_inlier_ratio = cfg.min_pose_inlier_ratio
-    models = pycolmap.incremental_mapping(database, frames_dir, work_dir, options=options,
+    models = pycolmap.incremental_mapping(database, root, work_dir, options=options,
                                           next_image_callback=next_image, cancellation_token=token)
     _raise_if_cancelled(token)
     best = max(models.values(), key=lambda r: r.num_reg_images()) if models else None
@@ -104,7 +106,7 @@ def reconstruct(frames: list[dict], faces: list[dict], frames_dir: Path, work_di
         raise StageError(f"structure from motion registered {'only ' if num_registered else ''}"
                          f"{num_registered or 'none'} of {n} frames; {registration_advice(frames)}")
 
-    by_name = {Path(f["image"]).name: f for f in frames}
+    by_name = {sfm_image(f): f for f in frames}
     face_by_index = {f["frame_index"]: f for f in faces}
     cameras, centers, dirs = _cameras_from_model(best, by_name, face_by_index)
     frontal = np.array([(face_by_index.get(c.frame_index, {}).get("head") or {}).get("source") == "frontal"
@@ -125,6 +127,7 @@ def reconstruct(frames: list[dict], faces: list[dict], frames_dir: Path, work_di
         "sparse_points": int(len(xyz)),
         "models_found": len(models),
         "matching": "exhaustive" if exhaustive else "sequential",
+        "sfm_frame_height": int(frames[0].get("sfm_height", frames[0]["height"])),
     }
     emit("sfm", 1.0, f"registered {num_registered} of {n} frames, {len(xyz)} points")
     return SfmResult(cameras=cameras, xyz=xyz.astype(np.float32), rgb=rgb,
@@ -137,9 +140,14 @@ def reconstruct(frames: list[dict], faces: list[dict], frames_dir: Path, work_di
 MIN_SHORT_SIDE_PX = 240
 
 
+def sfm_image(frame: dict) -> str:
+    """The image SfM reads for a frames.json record, relative to the workspace (COLMAP's name)."""
+    return frame.get("sfm_image", frame["image"])
+
+
 def registration_advice(frames: list[dict]) -> str:
     """What to try when too few frames register: a larger --height when the frames are small."""
-    short = min(min(f["width"], f["height"]) for f in frames) if frames else 0
+    short = min(min(f.get("sfm_width", f["width"]), f.get("sfm_height", f["height"])) for f in frames) if frames else 0
     if 0 < short < MIN_SHORT_SIDE_PX:
         height = frames[0]["height"]
         needed = int(np.ceil(height * MIN_SHORT_SIDE_PX / short / 2) * 2)
@@ -154,8 +162,9 @@ def _raise_if_cancelled(token) -> None:
 
 
 def _cameras_from_model(rec, by_name, face_by_index):
-    """CameraFrames in COLMAP's frame + per-camera ray towards the head (the face's head ellipse
-    centre where a face was found, else the optical axis) for framing."""
+    """CameraFrames in COLMAP's frame, intrinsics scaled from the SfM frames to the training
+    frames, + per-camera ray towards the head (the face's head ellipse centre where a face was
+    found, else the optical axis) for framing."""
     cameras, centers, dirs = [], [], []
     for image in sorted(rec.images.values(), key=lambda im: im.name):
         if not image.has_pose or image.name not in by_name:
@@ -166,10 +175,13 @@ def _cameras_from_model(rec, by_name, face_by_index):
         w2c = np.eye(4)
         w2c[:3, :4] = pose.matrix()
         frame = by_name[image.name]
+        # Pixel coordinates with centres at +0.5 scale with the image; k acts on normalised ones.
+        sx, sy = frame["width"] / cam.width, frame["height"] / cam.height
         cf = CameraFrame(
             frame_index=frame["frame_index"], image=frame["image"],
             mask=f"masks/{frame_name(frame['frame_index'])}",  # what the masks stage writes for every camera
-            width=cam.width, height=cam.height, fx=params[0], fy=params[0], cx=params[1], cy=params[2],
+            width=frame["width"], height=frame["height"], fx=params[0] * sx, fy=params[0] * sy,
+            cx=params[1] * sx, cy=params[2] * sy,
             distortion={"model": cam.model_name, "params": params[3:]},
             world_to_camera=w2c)
         cameras.append(cf)

@@ -135,6 +135,7 @@ class Workspace:
     events = property(lambda self: self.root / "events.jsonl")
     frames_dir = property(lambda self: self.root / "frames")
     frames_json = property(lambda self: self.root / "frames.json")
+    sfm_frames_dir = property(lambda self: self.root / "frames_sfm")
     faces_json = property(lambda self: self.root / "faces.json")
     masks_dir = property(lambda self: self.root / "masks")
     head_volume_json = property(lambda self: self.root / "head_volume.json")

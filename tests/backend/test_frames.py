@@ -270,3 +270,40 @@ def test_rerun_removes_stale_frames_and_emits_progress(ws):
     emitted, _ = read_events(ws.events)
     assert {e["stage"] for e in emitted} == {"frames"}
     assert len(emitted) == 3 and emitted[-1]["progress"] == 1.0
+
+
+# --- larger frames for structure from motion ------------------------------------------------
+
+def test_sfm_gets_larger_copies_of_the_same_frames_where_the_source_has_them(ws):
+    video = write_video(ws.root / "in.mp4", [numbered_frame(i, (192, 256)) for i in range(12)])
+    cfg = FramesConfig(num_frames=4, height=96, sfm_height=144)
+    records = extract_video_frames(video, ws.fresh_dir(ws.frames_dir), cfg, StageContext(),
+                                   sfm_dir=ws.fresh_dir(ws.sfm_frames_dir))
+    for r in records:
+        assert (r["width"], r["height"]) == (128, 96)
+        assert r["sfm_image"] == f"frames_sfm/{ws.frame_name(r['frame_index'])}"
+        larger = cv2.imread(str(ws.root / r["sfm_image"]))
+        assert larger.shape == (r["sfm_height"], r["sfm_width"], 3) == (144, 192, 3)
+        assert frame_number(larger) == frame_number(cv2.imread(str(ws.root / r["image"]))) == r["frame_index"]
+
+    # Never above the source: 192 px frames asked for at 540 px come at 192.
+    records = extract_video_frames(video, ws.fresh_dir(ws.frames_dir), FramesConfig(num_frames=4, height=96),
+                                   StageContext(), sfm_dir=ws.fresh_dir(ws.sfm_frames_dir))
+    assert {(r["sfm_width"], r["sfm_height"]) for r in records} == {(256, 192)}
+    # A training height at or above the SfM height (or the source) needs no second copy.
+    for cfg in (FramesConfig(num_frames=4, height=144, sfm_height=144), FramesConfig(num_frames=4, height=400)):
+        records = extract_video_frames(video, ws.fresh_dir(ws.frames_dir), cfg, StageContext(),
+                                       sfm_dir=ws.fresh_dir(ws.sfm_frames_dir))
+        assert not any("sfm_image" in r for r in records) and not any(ws.sfm_frames_dir.iterdir())
+
+
+def test_photos_keep_a_larger_copy_for_sfm(ws, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"img_{i}.png"), numbered_frame(i, (192, 128)))
+    records = load_image_folder(folder, ws.fresh_dir(ws.frames_dir), FramesConfig(num_frames=3, height=96),
+                                StageContext(), sfm_dir=ws.fresh_dir(ws.sfm_frames_dir))
+    for r in records:
+        assert (r["width"], r["height"], r["sfm_width"], r["sfm_height"]) == (64, 96, 128, 192)
+        assert frame_number(cv2.imread(str(ws.root / r["sfm_image"]))) == r["frame_index"]

@@ -180,3 +180,22 @@ def test_report_html_renders_offline_in_chromium(finished_run):
     assert shot.std() > 20  # something is drawn, not a blank page
     outside = [url[:80] for url in requests if not url.startswith(("file:", "data:"))]
     assert not outside and requests[0] == (ws / "report.html").as_uri(), outside
+
+
+def test_sfm_registers_larger_frames_and_scales_the_cameras_to_the_training_frames(finished_run, capture_dir):
+    import pycolmap
+
+    _, ws, _, _ = finished_run
+    frames = json.loads((ws / "frames.json").read_text())
+    assert {(f["width"], f["height"], f["sfm_width"], f["sfm_height"]) for f in frames} == {(480, 270, 960, 540)}
+    model = pycolmap.Reconstruction(str(ws / "sfm" / "model"))
+    (colmap_camera,) = model.cameras.values()
+    assert (colmap_camera.width, colmap_camera.height) == (960, 540)
+    assert all(image.name.startswith("frames_sfm/") for image in model.images.values())
+    true_fx = json.loads((capture_dir / "cameras.json").read_text())["frames"][0]["fx"] * 270 / 540
+    for cam in read_cameras_json(ws / "cameras.json"):
+        assert (cam.width, cam.height) == (480, 270) and cam.image.startswith("frames/")
+        assert abs(cam.fx / true_fx - 1) < 0.05, (cam.fx, true_fx)
+        assert abs(cam.cx - 240) < 1 and abs(cam.cy - 135) < 1
+    report = json.loads((ws / "report.json").read_text())
+    assert report["sfm_frame_height"] == 540

@@ -29,6 +29,10 @@ class FramesConfig:
     height: int = knob(540, "frame height in pixels the pipeline works at (width follows)",
                        flag="--height", lo=180, hi=4320)
     sharpness_window: float = knob(0.5, "fraction of each sampling window searched for the sharpest frame")
+    sfm_height: int = knob(
+        540, "structure from motion works on frames at least this high (capped at the source; a larger --height "
+             "is used as it is): on a rendered 360-degree orbit at --height 270, SfM's cameras drifted 11 mm on "
+             "average (31 mm at the loop's seam), with frames at 360 px 3 mm")
 
 
 @dataclass
