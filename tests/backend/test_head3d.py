@@ -10,7 +10,7 @@ from facesplat.config import MaskConfig
 from facesplat.core.cameras import CameraFrame, project_points
 from facesplat.errors import StageError
 from facesplat.head3d import (HeadVolume, carve_visual_hull, convergence_point, estimate_head_volume, optical_axes,
-                              project_ellipsoid, triangulate_faces)
+                              pixels_in_frame, project_ellipsoid, triangulate_faces)
 from facesplat.faces import HeadEllipse
 from facesplat.masks import hull_mask, masks_from_head_volume, search_volume
 from facesplat.stage import StageContext
@@ -232,3 +232,48 @@ def test_visual_hull_ignores_views_without_a_say():
     off = HeadVolume(HEAD + [0.0, 0.0, 3.0], np.eye(3), np.full(3, 0.1), "cameras", "points")
     far = carve_visual_hull(off, cameras, truth, 1.0, 16)
     assert len(far.centers) == far.candidates
+
+
+def test_the_default_vote_is_the_classic_hull_for_few_views_and_outvotes_a_few_misses_of_many():
+    """Eleven photos: a patch of table that ten cuts keep and one carves is carved (few views
+    cannot tell a wrong cut from the only view that sees past the table). Forty views: a slice
+    of the head that three views' cuts lose is kept."""
+    vote, resolution = MaskConfig().hull_vote, MaskConfig().hull_resolution
+    sphere = HeadVolume(HEAD, np.eye(3), np.full(3, 0.1), "cameras", "points")
+    search = search_volume(sphere)
+    below = HEAD - [0.0, 0.0, 0.1]  # a flat slab under the head, inside the search volume
+    slab = HeadVolume(below, np.eye(3), np.array([0.12, 0.12, 0.02]), "cameras", "points")
+
+    def with_slab(cameras, carved_by):
+        silhouettes = []
+        for k, (cam, head) in enumerate(zip(cameras, sphere_silhouettes(cameras, sphere))):
+            if k != carved_by:
+                head = head | sphere_silhouettes([cam], slab)[0]
+            silhouettes.append(head)
+        return silhouettes
+
+    for n, carved_by in ((11, 4), (40, 7)):
+        cameras = orbit(n=n, arc_deg=360 * (n - 1) / n, radius=0.6, aim_jitter=0.0)
+        hull = carve_visual_hull(search, cameras, with_slab(cameras, carved_by), vote, resolution)
+        off_head = np.linalg.norm(hull.centers - HEAD, axis=1) > 0.1 + hull.voxel_size
+        pixel = pixels_in_frame(hull.centers, cameras[carved_by])
+        head_there = sphere_silhouettes([cameras[carved_by]], sphere)[0].reshape(-1)[np.maximum(pixel, 0)]
+        near_slab = off_head & (np.abs(hull.centers[:, 2] - below[2]) < 0.02 + hull.voxel_size) & ~head_there
+        if n == 11:
+            assert not near_slab.any(), "one view in eleven carves the table"
+        else:
+            assert near_slab.any(), "one view in forty is outvoted"
+
+    cameras = orbit(n=40, arc_deg=351, radius=0.6, aim_jitter=0.0)
+    truth = sphere_silhouettes(cameras, sphere)
+    silhouettes = [t.copy() for t in truth]
+    losing = (3, 17, 30)
+    for k in losing:
+        (cx, _), (a, _), _ = project_ellipsoid(sphere, cameras[k])
+        silhouettes[k] &= np.arange(WIDTH)[None, :] > cx - 0.4 * a  # a third of the head cut away
+    hull = carve_visual_hull(search, cameras, silhouettes, vote, resolution)
+    for k in losing:
+        recall, _ = agreement(hull_mask(hull, cameras[k], search, MaskConfig()), truth[k])
+        assert recall > 0.97, (k, recall)
+    strict = carve_visual_hull(search, cameras, silhouettes, 1.0, resolution)
+    assert min(agreement(hull_mask(strict, cameras[k], search, MaskConfig()), truth[k])[0] for k in losing) < 0.9

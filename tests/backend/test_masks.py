@@ -81,6 +81,18 @@ def test_capture_masks_cover_the_true_head(capture_run, capture_dir):
     # alone: 0.912 and 0.707).
     assert precisions.mean() > 0.94, precisions
     assert precisions.min() > 0.9, precisions
+    # Where the hull says head and the view's own cut says background, the mask is half-weighted
+    # (MaskConfig.hull_beyond_cut): on this arc that is mostly background behind the head.
+    by_index = {f["frame_index"]: f for f in frames}
+    half_pixels = half_on_bust = 0
+    for record in masks:
+        mask = read_mask(ws, record)
+        half = (mask > 100) & (mask < 128)
+        _, bust = true_head_mask(capture_dir, by_index[record["frame_index"]]["frame_index"])
+        bust = cv2.resize(bust.astype(np.uint8), mask.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+        half_pixels, half_on_bust = half_pixels + half.sum(), half_on_bust + (half & bust).sum()
+    assert half_pixels > 0.01 * sum((read_mask(ws, r) >= 128).sum() for r in masks)
+    assert half_on_bust / half_pixels < precisions.mean() - 0.2, (half_on_bust / half_pixels, precisions.mean())
     volume = json.loads(ws.head_volume_json.read_text())
     assert volume["center_from"] == "faces" and volume["size_from"] == "points"
     # In the head frame (metres, origin at the head), a head is about 0.1 m in radius.
