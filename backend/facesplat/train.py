@@ -3,6 +3,9 @@
 Loss per step (one view, rendered only inside the head's box):
     (1 - w) * masked L1 + w * masked (1 - SSIM)   on head pixels (soft mask weights), w = 0.2
     + bg_alpha_weight * mean(alpha * (1 - mask))  drives opacity to zero off the head
+On the CPU backends only the 16x16 tiles the loss looks at are rendered: those holding head pixels
+(grown by SSIM's window), plus a random share `bg_tile_share` of the box's other tiles, whose
+alpha penalty counts 1 / share, so that the penalty is the same on average.
 A random background colour each step keeps the head opaque instead of borrowing the background.
 Densification follows the 3DGS rules as gsplat applies them (strategy.py), one Adam optimizer per parameter.
 Every knob is in TrainConfig; the rasterizer backend follows from the device of the views.
@@ -16,16 +19,21 @@ their last bits from run to run.
 from __future__ import annotations
 
 import functools
+import math
+import os
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .config import TrainConfig
 from .core.ply import Splats
 from .gaussians import activated, init_splats, splats_from_params
 from .render import rasterize
+from .render.device import backend_for
+from .render.projection import TILE_SIZE
 from .stage import StageContext
 from .strategy import scaled_strategy
 from .views import View
@@ -42,8 +50,13 @@ def train(views: list[View], xyz: np.ndarray, rgb: np.ndarray, cfg: TrainConfig,
     """Optimise Gaussians made from the sparse points `xyz`/`rgb` against `views`."""
     emit = ctx.emit
     device = ctx.device
+    set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
+    tile_rng = np.random.default_rng([cfg.seed, 1])  # its own stream: the views' order stays the seed's
+    # gsplat renders every tile anyway; the share only saves work on the CPU backends
+    bg_share = cfg.bg_tile_share if backend_for(device) != "gsplat" else 1.0
+    crops = {}  # (view, downscale) -> crop and its head tiles: computed once
     params = init_splats(xyz, rgb, cfg.sh_degree, device, cfg.init_opacity)
     centers = np.array([v.camera.center for v in views])
     scene_scale = 1.1 * float(np.linalg.norm(centers - centers.mean(0), axis=1).max() or 1.0)
@@ -60,16 +73,22 @@ def train(views: list[View], xyz: np.ndarray, rgb: np.ndarray, cfg: TrainConfig,
     for step in range(cfg.num_iters):
         if not order:
             order = list(rng.permutation(len(views)))
-        view = views[order.pop()]
-        image, mask, K, w, h = view.crop(downscale=2 if step < cfg.coarse_fraction * cfg.num_iters else 1)
+        index = order.pop()
+        view = views[index]
+        downscale = 2 if step < cfg.coarse_fraction * cfg.num_iters else 1
+        if (index, downscale) not in crops:
+            crop = view.crop(downscale=downscale)
+            crops[index, downscale] = (*crop, head_tiles(crop[1]))
+        image, mask, K, w, h, head = crops[index, downscale]
+        tile_mask, bg_weight = sample_tiles(head, bg_share, tile_rng, h, w)
         background = torch.rand(3, device=device)
         splats = activated(params)
         render, alpha, info = rasterize(
             splats["means"], splats["quats"], splats["scales"], splats["opacities"], splats["colors"],
             view.viewmat, K, w, h, sh_degree=cfg.sh_degree if step >= sh_start else 0,
-            backgrounds=background)
+            backgrounds=background, tile_mask=tile_mask)
         strategy.step_pre_backward(params, optimizers, state, step, info)
-        loss = head_loss(render, alpha, image, mask, cfg)
+        loss = head_loss(render, alpha, image, mask, cfg, bg_weight)
         loss.backward()
         for opt in optimizers.values():
             opt.step()
@@ -104,13 +123,55 @@ def make_optimizers(params, scene_scale: float, cfg: TrainConfig) -> dict[str, t
             for name, lr in lrs.items()}
 
 
-def head_loss(render, alpha, image, mask, cfg: TrainConfig) -> torch.Tensor:
-    """render, image [H, W, 3]; alpha, mask [H, W, 1]."""
+def set_threads(threads: int) -> int:
+    """One thread count for numba's kernels, PyTorch's intra-op pool and OpenCV (0: every core), so
+    that no library starts more threads than there are cores. Returns the count used."""
+    import cv2
+    import numba
+
+    n = threads or os.cpu_count() or 1
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    torch.set_num_threads(n)
+    cv2.setNumThreads(n)
+    return n
+
+
+SSIM_RADIUS = 5  # the SSIM window is 11 x 11
+
+
+def head_tiles(mask: torch.Tensor) -> torch.Tensor:
+    """[H, W, 1] soft mask -> [ceil(H/16), ceil(W/16)] bool: the tiles that hold a head pixel or lie
+    within SSIM's window of one (the masked SSIM of a head pixel reads its whole window)."""
+    h, w = mask.shape[:2]
+    head = (mask[..., 0] > 0).float()[None, None]
+    head = F.max_pool2d(head, 2 * SSIM_RADIUS + 1, stride=1, padding=SSIM_RADIUS)
+    ty, tx = math.ceil(h / TILE_SIZE), math.ceil(w / TILE_SIZE)
+    head = F.pad(head, (0, tx * TILE_SIZE - w, 0, ty * TILE_SIZE - h))
+    return F.max_pool2d(head, TILE_SIZE)[0, 0] > 0
+
+
+def sample_tiles(head: torch.Tensor, share: float, rng: np.random.Generator, h: int, w: int):
+    """The tiles to render this step and the alpha penalty's per-pixel weight [h, w, 1] (None:
+    every tile, weight 1). Every head tile, plus each other tile with probability `share`,
+    weighted 1 / share so that the penalty's expectation is the full crop's."""
+    if share >= 1.0:
+        return None, None
+    drawn = torch.from_numpy(rng.random(tuple(head.shape)) < share).to(head.device)
+    tiles = head | drawn
+    weight = head.float() + (drawn & ~head).float() / share  # 0 on the tiles not rendered
+    weight = weight.repeat_interleave(TILE_SIZE, 0).repeat_interleave(TILE_SIZE, 1)[:h, :w, None]
+    return tiles, weight
+
+
+def head_loss(render, alpha, image, mask, cfg: TrainConfig, bg_weight=None) -> torch.Tensor:
+    """render, image [H, W, 3]; alpha, mask [H, W, 1]; bg_weight [H, W, 1] weighs the alpha penalty
+    per pixel (sample_tiles), None = 1 everywhere."""
     weight = mask.sum().clamp_min(1.0)
     l1 = (mask * (render - image).abs()).sum() / (3 * weight)
     ssim_map = ssim(render, image)  # [H, W, 1]
     ssim_term = (mask * (1 - ssim_map)).sum() / weight
-    bg_alpha = (alpha * (1 - mask)).mean()
+    off_head = alpha * (1 - mask)
+    bg_alpha = off_head.mean() if bg_weight is None else (off_head * bg_weight).sum() / off_head.numel()
     return (1 - cfg.ssim_weight) * l1 + cfg.ssim_weight * ssim_term + cfg.bg_alpha_weight * bg_alpha
 
 
