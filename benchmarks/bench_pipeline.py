@@ -2,11 +2,20 @@
 
     python benchmarks/bench_pipeline.py [--capture samples/lps_orbit160]
         [--height 270] [--num-frames 40] [--num-iters 800] [--device auto] [--workspace DIR]
+    python benchmarks/bench_pipeline.py --base REV [--runs defaults,preview] [--share-prefix] [--device cpu]
 
 Prints per-stage wall time, peak memory, frames registered, Gaussians kept, and, on held-out
 frames (video frames that were not sampled for training, seen through the capture's true
 cameras aligned to our world; see `held_out_metrics`), the PSNR of head.ply inside the true head
 silhouette and the fog: rendered alpha where the truth has no bust.
+
+With `--base REV` it runs each of `--runs` (defaults: 540 px, 3000 steps, the Blender panel's;
+preview: 270 px, 800 steps) twice, with the code of git revision REV (exported by `git archive`)
+and with this checkout's, one after the other, and prints them side by side with the ratios of
+wall and CPU time (the machine is shared: ratios mean more than times). Both are scored by this
+checkout's held-out metrics. `--share-prefix` runs frames, faces, sfm and masks once, with the
+base's code, and copies that workspace for this checkout's run, so that only train and isolate
+run again (their markers hash the train config, which differs) and both train on the same SfM.
 """
 
 from __future__ import annotations
@@ -120,6 +129,83 @@ def held_out_metrics(ws: Path, capture: Path, video: Path, splats, scene=None) -
             "frames": len(psnrs), "fit_error": fit_error, "sheet": sheet}
 
 
+RUNS = {"defaults": (540, 3000), "preview": (270, 800)}  # height, steps
+
+
+def run_pipeline(backend: Path, capture: Path, root: Path, height: int, num_frames: int, num_iters: int,
+                 device: str, extra: list[str] = ()) -> dict:
+    """One `facesplat run` with the package in `backend`, workspace root / "ws"; times and figures."""
+    video = capture / "video.mp4"
+    out = root / "head.ply"
+    cmd = [sys.executable, "-m", "facesplat", "run", "--video", str(video), "--output", str(out),
+           "--workspace", str(root / "ws"), "--num-frames", str(num_frames), "--height", str(height),
+           "--num-iters", str(num_iters), "--device", device, *extra]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.time()
+    result = subprocess.run(cmd, env={**__import__("os").environ, "PYTHONPATH": str(backend)})
+    wall = time.time() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if result.returncode != 0:
+        raise SystemExit(f"pipeline failed with exit code {result.returncode}: {' '.join(cmd)}")
+    report = json.loads((root / "ws" / "report.json").read_text())
+    return {"wall": wall, "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+            "peak_mb": after.ru_maxrss / 1024, "report": report, "ws": root / "ws", "out": out}
+
+
+def compare(args) -> int:
+    """Each of args.runs with the base revision's code and with this checkout's, side by side."""
+    import shutil
+    import tempfile
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", args.base, "backend"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        versions = [(f"base {args.base}", Path(tmp) / "backend"), ("this", REPO / "backend")]
+        for name in args.runs.split(","):
+            height, iters = RUNS[name]
+            results = []
+            for k, (label, backend) in enumerate(versions):
+                root = args.workspace / f"{name}_{'base' if k == 0 else 'this'}"
+                if root.exists():
+                    shutil.rmtree(root)
+                if k == 1 and args.share_prefix:
+                    shutil.copytree(results[0]["ws"], root / "ws")
+                print(f"\n=== {name} ({height} px, {iters} steps), {label} ===", flush=True)
+                res = run_pipeline(backend, args.capture, root, height, args.num_frames, iters, args.device)
+                held = held_out_metrics(res["ws"], args.capture, args.capture / "video.mp4", read_splat_ply(res["out"]))
+                res.update(psnr=held["psnr"], fog=held["fog"], frames=held["frames"])
+                results.append(res)
+            rows.append((name, height, iters, results))
+    load = __import__("os").getloadavg()
+    print(f"\ncapture {args.capture.name}, {args.num_frames} frames, device {args.device}; "
+          f"load average now {load[0]:.1f} / {load[2]:.1f} (1 / 15 min) on {__import__('os').cpu_count()} cores"
+          + ("; frames..masks run once (base) and shared" if args.share_prefix else ""))
+    stages = ("frames", "faces", "sfm", "masks", "train", "isolate")
+    for name, height, iters, (base, this) in rows:
+        print(f"\n{name}: {height} px, {iters} steps        {'base ' + args.base:>22} {'this':>22}   base/this")
+        for stage in stages:
+            a, b = base["report"]["stage_seconds"].get(stage), this["report"]["stage_seconds"].get(stage)
+            if a is None or b is None:
+                continue
+            print(f"  {stage:30s} {a:20.1f} s {b:20.1f} s   {a / max(b, 1e-9):8.2f}")
+        ta = sum(base["report"]["stage_seconds"].get(s, 0.0) for s in stages)
+        tb = sum(this["report"]["stage_seconds"].get(s, 0.0) for s in stages)
+        print(f"  {'stages, total':30s} {ta:20.1f} s {tb:20.1f} s   {ta / max(tb, 1e-9):8.2f}")
+        print(f"  {'this process: wall':30s} {base['wall']:20.1f} s {this['wall']:20.1f} s   "
+              f"{base['wall'] / this['wall']:8.2f}")
+        print(f"  {'this process: CPU':30s} {base['cpu']:20.1f} s {this['cpu']:20.1f} s   "
+              f"{base['cpu'] / max(this['cpu'], 1e-9):8.2f}")
+        print(f"  {'Gaussians trained / kept':30s} {base['report']['gaussians_before_isolation']:>12} / "
+              f"{base['report']['gaussians_after_isolation']:<7} {this['report']['gaussians_before_isolation']:>12} / "
+              f"{this['report']['gaussians_after_isolation']:<7}")
+        print(f"  {'held-out PSNR, true head':30s} {base['psnr']:17.2f} dB {this['psnr']:17.2f} dB   "
+              f"({base['frames']} frames)")
+        print(f"  {'fog off the true head':30s} {base['fog']:20.3f} {this['fog']:22.3f}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--capture", type=Path, default=REPO / "samples" / "lps_orbit160")
@@ -130,23 +216,18 @@ def main() -> int:
     ap.add_argument("--workspace", type=Path, default=REPO / "runs" / "bench")
     ap.add_argument("--ellipse-masks", action="store_true", help="pass --ellipse-masks to facesplat run")
     ap.add_argument("--picture", type=Path, help="write held-out frames above renders of scene.ply and head.ply to this PNG")
+    ap.add_argument("--base", help="compare with this git revision's code (side by side; see the docstring)")
+    ap.add_argument("--runs", default="defaults,preview", help="with --base: which of " + ", ".join(RUNS))
+    ap.add_argument("--share-prefix", action="store_true",
+                    help="with --base: run frames..masks once and train both versions on that workspace")
     args = ap.parse_args()
+    if args.base:
+        return compare(args)
     video = args.capture / "video.mp4"
     out = args.workspace / "head.ply"
-    started = time.time()
-    cmd = [sys.executable, "-m", "facesplat", "run", "--video", str(video), "--output", str(out),
-           "--workspace", str(args.workspace / "ws"), "--num-frames", str(args.num_frames),
-           "--height", str(args.height), "--num-iters", str(args.num_iters), "--device", args.device]
-    if args.ellipse_masks:
-        cmd.append("--ellipse-masks")
-    result = subprocess.run(cmd, env={"PYTHONPATH": str(REPO / "backend"), **__import__("os").environ})
-    wall = time.time() - started
-    if result.returncode != 0:
-        print(f"pipeline failed with exit code {result.returncode}")
-        return result.returncode
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    ws = args.workspace / "ws"
-    report = json.loads((ws / "report.json").read_text())
+    res = run_pipeline(REPO / "backend", args.capture, args.workspace, args.height, args.num_frames,
+                       args.num_iters, args.device, ["--ellipse-masks"] if args.ellipse_masks else [])
+    wall, peak_mb, report, ws = res["wall"], res["peak_mb"], res["report"], res["ws"]
     held = held_out_metrics(ws, args.capture, video, read_splat_ply(out),
                             read_splat_ply(ws / "scene.ply") if args.picture else None)
     print(f"\ncapture {args.capture.name}: {args.num_frames} frames at {args.height} px, {args.num_iters} steps, "

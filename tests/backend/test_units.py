@@ -20,7 +20,7 @@ from facesplat.errors import DeviceError
 from facesplat.isolate import select_head, visibility_stats
 from facesplat.render.device import backend_for, choose_device
 from facesplat.stage import StageContext
-from facesplat.train import head_loss, ssim
+from facesplat.train import head_loss, head_tiles, sample_tiles, ssim
 from facesplat.views import View
 from facesplat.workspace import Workspace
 
@@ -145,6 +145,43 @@ def test_head_loss_terms():
     assert head_loss(off_head, alpha, image, mask, cfg) < 1e-6
     assert head_loss(image, torch.ones_like(alpha), image, mask, cfg) == pytest.approx(
         cfg.bg_alpha_weight * float((1 - mask).mean()), rel=1e-5)
+
+
+def test_head_tiles_cover_the_head_and_ssims_window():
+    mask = torch.zeros(70, 90, 1)
+    mask[30:34, 38:42] = 0.5  # soft head pixels in tiles (rows 1-2, column 2), 6 px from its left edge
+    tiles = head_tiles(mask)
+    assert tiles.shape == (5, 6)
+    # the 11 x 11 window of the head pixels reaches x 33..46 and y 25..38: tile column 2, rows 1..2
+    expected = torch.zeros(5, 6, dtype=torch.bool)
+    expected[1:3, 2] = True
+    assert torch.equal(tiles, expected)
+    mask[30:34, 36:38] = 1.0  # now the window reaches x 31: tile column 1 too
+    assert torch.equal(head_tiles(mask)[1:3, 1:3], torch.ones(2, 2, dtype=torch.bool))
+
+
+def test_sampled_background_tiles_keep_the_alpha_penalty_on_average():
+    cfg = TrainConfig()
+    h, w = 60, 75
+    mask = torch.zeros(h, w, 1)
+    mask[20:40, 25:50] = 1.0
+    head = head_tiles(mask)
+    alpha = torch.rand(h, w, 1, generator=torch.Generator().manual_seed(2))
+    image = torch.rand(h, w, 3, generator=torch.Generator().manual_seed(3))
+    full = head_loss(image, alpha, image, mask, cfg)
+    tiles, weight = sample_tiles(head, 1.0, np.random.default_rng(0), h, w)
+    assert tiles is None and weight is None  # share 1: every tile, the loss unchanged
+    rng = np.random.default_rng(0)
+    losses, shares = [], []
+    for _ in range(400):
+        tiles, weight = sample_tiles(head, 0.25, rng, h, w)
+        assert tiles[head].all(), "every head tile is rendered"
+        pixels = tiles.repeat_interleave(16, 0).repeat_interleave(16, 1)[:h, :w, None]
+        assert torch.equal(weight > 0, pixels)  # weight only where rendered
+        losses.append(float(head_loss(image, alpha * pixels, image, mask, cfg, weight)))
+        shares.append(float(tiles[~head].float().mean()))
+    assert np.mean(shares) == pytest.approx(0.25, abs=0.03)
+    assert np.mean(losses) == pytest.approx(float(full), rel=0.03)
 
 
 # --- isolation vote ------------------------------------------------------------------------------

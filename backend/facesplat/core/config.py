@@ -139,6 +139,11 @@ class TrainConfig:
     grow_grad2d: float = knob(
         0.0008, "densify Gaussians whose mean screen-space gradient exceeds this (gsplat's 0.0002 assumes a "
                 "whole-frame loss; ours is averaged over head pixels, ~4x larger gradients)")
+    bg_tile_share: float = knob(
+        0.25, "CPU: render the tiles holding head pixels plus this random share of the box's other tiles each "
+              "step (their alpha penalty weighs 1/share: the same on average, for less work); 1 renders all")
+    threads: int = knob(0, "CPU threads of the training's kernels and OpenCV (0: all cores); PyTorch gets one on "
+                           "the CPU (its small ops would only fight the kernels' threads for the cores)")
     lr_means: float = knob(1.6e-4, "Adam step of the means, times the scene scale (gsplat simple_trainer)")
     lr_means_final_fraction: float = knob(0.01, "the means' step falls to this fraction over the run")
     lr_scales: float = knob(5e-3, "Adam step of the log scales")

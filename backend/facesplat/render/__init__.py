@@ -60,6 +60,7 @@ def rasterize(
     sh_degree: int | None = None,  # use the first (sh_degree + 1)^2 coefficients of `colors`
     backgrounds: Tensor | None = None,  # [D] composited behind: image = sum w c + T * bg
     backend: str = "auto",  # "auto" | "gsplat" | "cpu" | "torch"
+    tile_mask: Tensor | None = None,  # [ceil(H/16), ceil(W/16)] bool: render only these 16x16 tiles
 ) -> tuple[Tensor, Tensor, dict]:
     """Render one view. Returns render [H, W, D], alpha [H, W, 1] and gsplat's `info`:
     means2d [1, N, 2] (in the graph; call .retain_grad() before backward), radii [1, N, 2] int32
@@ -67,6 +68,11 @@ def rasterize(
 
     "auto" picks gsplat for CUDA tensors when it imports, cpu for CPU tensors, else torch (MPS,
     or CUDA without gsplat).
+
+    `tile_mask` (cpu and torch backends) leaves the other tiles empty: background colour, alpha 0,
+    no gradient, and Gaussians drawn in no selected tile report radii 0. gsplat renders every
+    tile regardless (on a GPU the saving is not worth a second code path): a caller must weigh
+    its loss so that the pixels outside the mask do not count.
     """
     N = means.shape[0]
     assert means.shape == (N, 3), means.shape
@@ -106,7 +112,7 @@ def rasterize(
         from .cpu_backend import composite
     else:
         from .torch_backend import composite
-    p = prepare(means, quats, scales, opacities, colors, viewmat, K, width, height, sh_degree)
+    p = prepare(means, quats, scales, opacities, colors, viewmat, K, width, height, sh_degree, tile_mask)
     render, alpha = composite(p.means2d[0], p.conics, p.opacities, p.features, p.tile_offsets, p.gauss_ids,
                               width, height, backgrounds)
     return render, alpha, make_info(p, width, height)

@@ -10,8 +10,13 @@ per-pixel compositing, the part PyTorch does slowly, is compiled. Each kernel ru
 - backward, back to front from that last contributor (3DGS / gsplat), recovering T by division.
 
 A (tile, Gaussian) list entry belongs to one tile, hence to one thread: the backward writes its
-gradients per entry without races, then `index_add_` sums entries into Gaussians. Kernels compute
-in float64 (the division that recovers T loses precision in float32).
+gradients per entry without races, then `index_add_` sums entries into Gaussians.
+
+The kernels compute in the inputs' dtype (float32 in training: half the memory traffic, `expf`),
+with every constant passed in as an array of that dtype, because numba promotes a float32 times a
+Python float literal to float64. Only the transmittance T and the pixel's running sums stay in
+float64 registers: alpha is float32, so 1 - alpha is exact in float64, and the backward's division
+T / (1 - alpha) recovers the forward's T to float64 rounding instead of float32's.
 """
 
 from __future__ import annotations
@@ -52,33 +57,38 @@ class _Composite(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means2d, conics, opacities, features, tile_offsets, gauss_ids, width, height):
         inputs = _to_numpy(means2d, conics, opacities, features, tile_offsets, gauss_ids)
-        render = np.zeros((height, width, features.shape[1]))
-        T_final = np.ones((height, width))
+        dtype = inputs[0].dtype
+        render = np.zeros((height, width, features.shape[1]), dtype)
+        T_final = np.ones((height, width))  # float64: the backward recovers T from it
         n_used = np.zeros((height, width), dtype=np.int32)
-        _forward_kernel(*inputs, _balanced_order(tile_offsets.numpy()), width, height, render, T_final, n_used)
+        _forward_kernel(*inputs, _balanced_order(tile_offsets.numpy()), _constants(dtype), width, height,
+                        render, T_final, n_used)
 
         ctx.save_for_backward(means2d, conics, opacities, features, tile_offsets, gauss_ids)
         ctx.T_final, ctx.n_used, ctx.width, ctx.height = T_final, n_used, width, height
-        alpha = torch.from_numpy(1.0 - T_final)[..., None]
+        alpha = torch.from_numpy((1.0 - T_final).astype(dtype))[..., None]
         return torch.from_numpy(render).to(features.dtype), alpha.to(opacities.dtype)
 
     @staticmethod
     def backward(ctx, v_render, v_alpha):  # [H, W, D], [H, W, 1]
         means2d, conics, opacities, features, tile_offsets, gauss_ids = ctx.saved_tensors
         inputs = _to_numpy(means2d, conics, opacities, features, tile_offsets, gauss_ids)
+        dtype = inputs[0].dtype
+        tdtype = torch.from_numpy(inputs[0][:0]).dtype
         M, D = gauss_ids.shape[0], features.shape[1]
         # Gradients per list entry; each entry is written by the one thread that owns its tile.
-        v_means2d_e, v_conics_e = np.zeros((M, 2)), np.zeros((M, 3))
-        v_opacities_e, v_features_e = np.zeros(M), np.zeros((M, D))
+        v_means2d_e, v_conics_e = np.zeros((M, 2), dtype), np.zeros((M, 3), dtype)
+        v_opacities_e, v_features_e = np.zeros(M, dtype), np.zeros((M, D), dtype)
         _backward_kernel(
-            *inputs, _balanced_order(tile_offsets.numpy()), ctx.width, ctx.height, ctx.T_final, ctx.n_used,
-            v_render.detach().double().contiguous().numpy(),
-            v_alpha.detach().double()[..., 0].contiguous().numpy(),
+            *inputs, _balanced_order(tile_offsets.numpy()), _constants(dtype), ctx.width, ctx.height,
+            ctx.T_final, ctx.n_used,
+            v_render.detach().to(tdtype).contiguous().numpy(),
+            v_alpha.detach().to(tdtype)[..., 0].contiguous().numpy(),
             v_means2d_e, v_conics_e, v_opacities_e, v_features_e,
         )  # fmt: skip
 
         def per_gaussian(per_entry: np.ndarray, like: Tensor) -> Tensor:
-            summed = torch.zeros(like.shape, dtype=torch.float64).index_add_(0, gauss_ids, torch.from_numpy(per_entry))
+            summed = torch.zeros(like.shape, dtype=tdtype).index_add_(0, gauss_ids, torch.from_numpy(per_entry))
             return summed.to(like.dtype)
 
         return (
@@ -91,10 +101,21 @@ class _Composite(torch.autograd.Function):
 
 
 def _to_numpy(means2d, conics, opacities, features, tile_offsets, gauss_ids) -> tuple[np.ndarray, ...]:
-    def f64(x: Tensor) -> np.ndarray:
-        return x.detach().to(torch.float64).contiguous().numpy()
+    """The kernels' inputs, all in one float dtype: float64 if any input is float64, else float32."""
+    dtype = torch.float64 if torch.float64 in (means2d.dtype, conics.dtype, opacities.dtype, features.dtype) \
+        else torch.float32
 
-    return f64(means2d), f64(conics), f64(opacities), f64(features), tile_offsets.numpy(), gauss_ids.numpy()
+    def floats(x: Tensor) -> np.ndarray:
+        return x.detach().to(dtype).contiguous().numpy()
+
+    return (floats(means2d), floats(conics), floats(opacities), floats(features), tile_offsets.numpy(),
+            gauss_ids.numpy())
+
+
+def _constants(dtype) -> np.ndarray:
+    """The kernels' constants in their compute dtype (see the module's docstring): half, zero,
+    ALPHA_MAX, ALPHA_MIN."""
+    return np.array([0.5, 0.0, ALPHA_MAX, ALPHA_MIN], dtype=dtype)
 
 
 def _balanced_order(tile_offsets: np.ndarray) -> np.ndarray:  # [n_tiles + 1] -> [n_tiles]
@@ -110,26 +131,30 @@ def _balanced_order(tile_offsets: np.ndarray) -> np.ndarray:  # [n_tiles + 1] ->
 
 @njit(parallel=True, cache=True)
 def _forward_kernel(
-    means2d, conics, opacities, features,  # [N, 2], [N, 3], [N], [N, D] float64
+    means2d, conics, opacities, features,  # [N, 2], [N, 3], [N], [N, D] float32 or float64
     tile_offsets, gauss_ids, tile_order,  # [n_tiles + 1], [M], [n_tiles] int64
+    consts,  # _constants() in the inputs' dtype
     width, height,
-    render, T_final, n_used,  # out: [H, W, D] zeros, [H, W] ones, [H, W] int32 zeros
+    render, T_final, n_used,  # out: [H, W, D] zeros (inputs' dtype), [H, W] float64 ones, [H, W] int32 zeros
 ):  # fmt: skip
     for i in prange(tile_order.shape[0]):
-        _forward_tile(
-            means2d, conics, opacities, features, tile_offsets, gauss_ids, tile_order[i], width, height,
-            render, T_final, n_used,
-        )  # fmt: skip
+        if tile_offsets[tile_order[i] + 1] > tile_offsets[tile_order[i]]:  # an empty tile keeps its zeros
+            _forward_tile(
+                means2d, conics, opacities, features, tile_offsets, gauss_ids, tile_order[i], consts, width,
+                height, render, T_final, n_used,
+            )  # fmt: skip
 
 
 @njit(cache=True)
-def _forward_tile(means2d, conics, opacities, features, tile_offsets, gauss_ids, t, width, height,
+def _forward_tile(means2d, conics, opacities, features, tile_offsets, gauss_ids, t, consts, width, height,
                   render, T_final, n_used):  # fmt: skip
     xy, abc, opac, sigma_cut, feat = _gather_tile(means2d, conics, opacities, features, tile_offsets, gauss_ids, t)
+    half, zero, alpha_max, alpha_min = consts[0], consts[1], consts[2], consts[3]
     n, D = feat.shape
     tiles_x = (width + TILE_SIZE - 1) // TILE_SIZE
     x0, y0 = (t % tiles_x) * TILE_SIZE, (t // tiles_x) * TILE_SIZE
-    pix = np.empty(D)
+    cx, cy = _pixel_centres(x0, y0, consts)
+    pix = np.empty(D)  # float64 running sums
     for py in range(y0, min(y0 + TILE_SIZE, height)):
         for px in range(x0, min(x0 + TILE_SIZE, width)):
             for d in range(D):
@@ -137,12 +162,12 @@ def _forward_tile(means2d, conics, opacities, features, tile_offsets, gauss_ids,
             T = 1.0
             used = 0
             for k in range(n):
-                dx, dy = xy[k, 0] - (px + 0.5), xy[k, 1] - (py + 0.5)
-                sigma = 0.5 * (abc[k, 0] * dx * dx + abc[k, 2] * dy * dy) + abc[k, 1] * dx * dy
-                if sigma < 0.0 or sigma > sigma_cut[k]:
+                dx, dy = xy[k, 0] - cx[px - x0], xy[k, 1] - cy[py - y0]
+                sigma = half * (abc[k, 0] * dx * dx + abc[k, 2] * dy * dy) + abc[k, 1] * dx * dy
+                if sigma < zero or sigma > sigma_cut[k]:
                     continue
-                alpha = min(ALPHA_MAX, opac[k] * math.exp(-sigma))
-                if alpha < ALPHA_MIN:
+                alpha = min(alpha_max, opac[k] * math.exp(-sigma))
+                if alpha < alpha_min:
                     continue
                 next_T = T * (1.0 - alpha)
                 if next_T <= T_MIN:
@@ -160,29 +185,33 @@ def _forward_tile(means2d, conics, opacities, features, tile_offsets, gauss_ids,
 
 @njit(parallel=True, cache=True)
 def _backward_kernel(
-    means2d, conics, opacities, features,  # [N, 2], [N, 3], [N], [N, D] float64
+    means2d, conics, opacities, features,  # [N, 2], [N, 3], [N], [N, D] float32 or float64
     tile_offsets, gauss_ids, tile_order,  # [n_tiles + 1], [M], [n_tiles] int64
+    consts,  # _constants() in the inputs' dtype
     width, height,
-    T_final, n_used,  # [H, W], [H, W] saved by the forward
-    v_render, v_alpha,  # [H, W, D], [H, W] incoming gradients
+    T_final, n_used,  # [H, W] float64, [H, W] int32 saved by the forward
+    v_render, v_alpha,  # [H, W, D], [H, W] incoming gradients (inputs' dtype)
     v_means2d_e, v_conics_e, v_opacities_e, v_features_e,  # out, zeros: [M, 2], [M, 3], [M], [M, D]
 ):  # fmt: skip
     for i in prange(tile_order.shape[0]):
-        _backward_tile(
-            means2d, conics, opacities, features, tile_offsets, gauss_ids, tile_order[i], width, height,
-            T_final, n_used, v_render, v_alpha, v_means2d_e, v_conics_e, v_opacities_e, v_features_e,
-        )  # fmt: skip
+        if tile_offsets[tile_order[i] + 1] > tile_offsets[tile_order[i]]:
+            _backward_tile(
+                means2d, conics, opacities, features, tile_offsets, gauss_ids, tile_order[i], consts, width,
+                height, T_final, n_used, v_render, v_alpha, v_means2d_e, v_conics_e, v_opacities_e, v_features_e,
+            )  # fmt: skip
 
 
 @njit(cache=True)
-def _backward_tile(means2d, conics, opacities, features, tile_offsets, gauss_ids, t, width, height,
+def _backward_tile(means2d, conics, opacities, features, tile_offsets, gauss_ids, t, consts, width, height,
                    T_final, n_used, v_render, v_alpha, v_means2d_e, v_conics_e, v_opacities_e, v_features_e):  # fmt: skip
     xy, abc, opac, sigma_cut, feat = _gather_tile(means2d, conics, opacities, features, tile_offsets, gauss_ids, t)
+    half, zero, alpha_max, alpha_min = consts[0], consts[1], consts[2], consts[3]
     D = feat.shape[1]
     start = tile_offsets[t]
     tiles_x = (width + TILE_SIZE - 1) // TILE_SIZE
     x0, y0 = (t % tiles_x) * TILE_SIZE, (t // tiles_x) * TILE_SIZE
-    behind = np.empty(D)  # sum of feature * weight over the Gaussians behind the current one
+    cx, cy = _pixel_centres(x0, y0, consts)
+    behind = np.empty(D)  # float64: sum of feature * weight over the Gaussians behind the current one
     for py in range(y0, min(y0 + TILE_SIZE, height)):
         for px in range(x0, min(x0 + TILE_SIZE, width)):
             T_end = T_final[py, px]
@@ -190,13 +219,13 @@ def _backward_tile(means2d, conics, opacities, features, tile_offsets, gauss_ids
             for d in range(D):
                 behind[d] = 0.0
             for k in range(n_used[py, px] - 1, -1, -1):
-                dx, dy = xy[k, 0] - (px + 0.5), xy[k, 1] - (py + 0.5)
-                sigma = 0.5 * (abc[k, 0] * dx * dx + abc[k, 2] * dy * dy) + abc[k, 1] * dx * dy
-                if sigma < 0.0 or sigma > sigma_cut[k]:
+                dx, dy = xy[k, 0] - cx[px - x0], xy[k, 1] - cy[py - y0]
+                sigma = half * (abc[k, 0] * dx * dx + abc[k, 2] * dy * dy) + abc[k, 1] * dx * dy
+                if sigma < zero or sigma > sigma_cut[k]:
                     continue
                 vis = math.exp(-sigma)
-                alpha = min(ALPHA_MAX, opac[k] * vis)
-                if alpha < ALPHA_MIN:
+                alpha = min(alpha_max, opac[k] * vis)
+                if alpha < alpha_min:
                     continue
                 ra = 1.0 / (1.0 - alpha)
                 T *= ra  # now the transmittance in front of Gaussian k
@@ -209,7 +238,7 @@ def _backward_tile(means2d, conics, opacities, features, tile_offsets, gauss_ids
                     v_features_e[e, d] += w * v_render[py, px, d]
                     v_a += (feat[k, d] * T - behind[d] * ra) * v_render[py, px, d]
                     behind[d] += feat[k, d] * w
-                if opac[k] * vis <= ALPHA_MAX:  # a clamped alpha passes no gradient
+                if opac[k] * vis <= alpha_max:  # a clamped alpha passes no gradient
                     v_sigma = -opac[k] * vis * v_a
                     v_opacities_e[e] += vis * v_a
                     v_conics_e[e, 0] += 0.5 * dx * dx * v_sigma
@@ -224,16 +253,28 @@ def _gather_tile(means2d, conics, opacities, features, tile_offsets, gauss_ids, 
     """Copy tile t's Gaussians into contiguous arrays (the inner loops read them 256 times)."""
     start, end = tile_offsets[t], tile_offsets[t + 1]
     n = end - start
-    xy, abc = np.empty((n, 2)), np.empty((n, 3))
-    opac, sigma_cut = np.empty(n), np.empty(n)
-    feat = np.empty((n, features.shape[1]))
+    dtype = means2d.dtype
+    xy, abc = np.empty((n, 2), dtype), np.empty((n, 3), dtype)
+    opac, sigma_cut = np.empty(n, dtype), np.empty(n, dtype)
+    feat = np.empty((n, features.shape[1]), dtype)
     for k in range(n):
         g = gauss_ids[start + k]
         xy[k, 0], xy[k, 1] = means2d[g, 0], means2d[g, 1]
         abc[k, 0], abc[k, 1], abc[k, 2] = conics[g, 0], conics[g, 1], conics[g, 2]
         opac[k] = opacities[g]
-        # Beyond this sigma, alpha < 1/255 for sure: skip without calling exp().
-        sigma_cut[k] = math.log(opacities[g] / ALPHA_MIN) + 1e-6
+        # Beyond this sigma, alpha < 1/255 for sure: skip without calling exp(). (The margin
+        # covers float32 rounding; the alpha test after exp() decides.)
+        sigma_cut[k] = math.log(opacities[g] / ALPHA_MIN) + 1e-4
         for d in range(features.shape[1]):
             feat[k, d] = features[g, d]
     return xy, abc, opac, sigma_cut, feat
+
+
+@njit(cache=True)
+def _pixel_centres(x0, y0, consts):
+    """A tile's pixel centres (x + 0.5, y + 0.5) in the compute dtype."""
+    cx, cy = np.empty(TILE_SIZE, consts.dtype), np.empty(TILE_SIZE, consts.dtype)
+    for i in range(TILE_SIZE):
+        cx[i] = x0 + i + 0.5
+        cy[i] = y0 + i + 0.5
+    return cx, cy

@@ -147,10 +147,12 @@ def bin_tiles(
     width: int,
     height: int,
     tile_size: int = TILE_SIZE,
+    tile_mask: Tensor | None = None,  # [tiles_y, tiles_x] bool: list pairs only in these tiles
 ) -> tuple[Tensor, Tensor]:
     """List every (tile, Gaussian) pair whose box touches the tile, front to back per tile.
 
-    Returns tile_offsets [n_tiles + 1] int64 (tiles row-major) and gauss_ids [M] int64.
+    Returns tile_offsets [n_tiles + 1] int64 (tiles row-major) and gauss_ids [M] int64. With
+    `tile_mask`, the tiles outside it get empty lists: they render nothing (alpha 0), cost nothing.
     """
     device = means2d.device
     tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
@@ -168,6 +170,10 @@ def bin_tiles(
     k = torch.arange(gauss_ids.shape[0], device=device) - first[gauss_ids]  # [M] index inside its box
     w = span[gauss_ids, 0]
     tile_ids = (lo[gauss_ids, 1] + k // w) * tiles_x + lo[gauss_ids, 0] + k % w  # [M]
+    if tile_mask is not None:
+        assert tile_mask.shape == (tiles_y, tiles_x), (tile_mask.shape, tiles_y, tiles_x)
+        selected = tile_mask.reshape(-1)[tile_ids]
+        gauss_ids, tile_ids = gauss_ids[selected], tile_ids[selected]
 
     depth_rank = torch.empty(n, dtype=torch.long, device=device)
     depth_rank[torch.argsort(depths, stable=True)] = torch.arange(n, device=device)
@@ -194,15 +200,23 @@ def prepare(
     width: int,
     height: int,
     sh_degree: int | None,
+    tile_mask: Tensor | None = None,
 ) -> Projected:
-    """Project, colour and bin the Gaussians: everything before compositing."""
+    """Project, colour and bin the Gaussians: everything before compositing. With `tile_mask`
+    only those tiles are binned, and a Gaussian drawn in none of them gets radii 0 (not seen in
+    this view, as far as densification's statistics go)."""
     means2d, conics, depths, radii = project_gaussians(means, quats, scales, opacities, viewmat, K, width, height)
     if sh_degree is None:
         features = colors
     else:
         campos = -viewmat[:3, :3].T @ viewmat[:3, 3]  # [3] camera centre in world
         features = eval_sh(sh_degree, means - campos, colors)
-    tile_offsets, gauss_ids = bin_tiles(means2d.detach(), radii, depths.detach(), width, height)
+    tile_offsets, gauss_ids = bin_tiles(means2d.detach(), radii, depths.detach(), width, height,
+                                        tile_mask=tile_mask)
+    if tile_mask is not None:
+        drawn = torch.zeros(radii.shape[0], dtype=torch.bool, device=radii.device)
+        drawn[gauss_ids] = True
+        radii = torch.where(drawn[:, None], radii, torch.zeros_like(radii))
     return Projected(means2d[None], conics, opacities, features, depths, radii, tile_offsets, gauss_ids)
 
 
