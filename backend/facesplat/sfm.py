@@ -146,10 +146,11 @@ def sfm_image(frame: dict) -> str:
 
 
 def registration_advice(frames: list[dict]) -> str:
-    """What to try when too few frames register: a larger --height when the frames are small."""
+    """What to try when too few frames register: a larger --height when the frames SfM read
+    (`sfm_image` where there is one) are small."""
     short = min(min(f.get("sfm_width", f["width"]), f.get("sfm_height", f["height"])) for f in frames) if frames else 0
     if 0 < short < MIN_SHORT_SIDE_PX:
-        height = frames[0]["height"]
+        height = frames[0].get("sfm_height", frames[0]["height"])
         needed = int(np.ceil(height * MIN_SHORT_SIDE_PX / short / 2) * 2)
         return (f"the frames are only {short} px on their short side, too small to match: "
                 f"try --height {max(needed, 360)}")

@@ -290,6 +290,9 @@ def test_registration_advice_names_a_larger_height_for_small_frames():
 
     small = [{"width": 102, "height": 180}] * 3
     assert "--height 424" in registration_advice(small)
+    # Sized from the frames SfM read, not the smaller training frames.
+    larger_for_sfm = [{"width": 51, "height": 90, "sfm_width": 102, "sfm_height": 180}] * 3
+    assert "--height 424" in registration_advice(larger_for_sfm)
     assert "slower orbit" in registration_advice([{"width": 960, "height": 540}])
 
 
