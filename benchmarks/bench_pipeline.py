@@ -16,6 +16,8 @@ wall and CPU time (the machine is shared: ratios mean more than times). Both are
 checkout's held-out metrics. `--share-prefix` runs frames, faces, sfm and masks once, with the
 base's code, and copies that workspace for this checkout's run, so that only train and isolate
 run again (their markers hash the train config, which differs) and both train on the same SfM.
+That holds only where both versions hash frames..masks alike: against a revision before
+`FramesConfig.sfm_height` (c5f9fb9 and older) this checkout re-runs every stage.
 """
 
 from __future__ import annotations
