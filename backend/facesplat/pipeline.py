@@ -263,6 +263,9 @@ def run_stages(run: Run, stages=STAGES, chain: str = "") -> dict:
     return ws.read_report()
 
 
+INTERRUPTED = "interrupted; the workspace keeps every finished stage: run the same command again to resume"
+
+
 @contextlib.contextmanager
 def stage_errors(stage: str):
     """The one place where what a stage may raise becomes a FaceSplatError (one line, exit code)."""
@@ -271,8 +274,7 @@ def stage_errors(stage: str):
     except FaceSplatError:
         raise
     except KeyboardInterrupt:
-        raise Cancelled("interrupted; the workspace keeps every finished stage: run the same command again "
-                        "to resume") from None
+        raise Cancelled(INTERRUPTED) from None
     except MemoryError:
         raise DeviceError(f"{stage} ran out of memory; try a smaller --height or --num-frames") from None
     except OSError as err:
@@ -285,7 +287,21 @@ def stage_errors(stage: str):
     except Exception as err:
         if type(err).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch
             raise DeviceError("the GPU ran out of memory; try a smaller --height or --num-frames, or --device cpu") from None
+        if _caused_by_interrupt(err):
+            raise Cancelled(INTERRUPTED) from None
         raise
+
+
+def _caused_by_interrupt(err: BaseException) -> bool:
+    """Ctrl-C / SIGTERM that a library turned into its own error: pycolmap's import, interrupted,
+    raises "Cannot import the C++ backend" chained from the KeyboardInterrupt."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def read_workspace_file(path: Path, reader):

@@ -4,6 +4,7 @@ isolation, through the CLI; then resume, a changed parameter, and re-isolation."
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import cv2
@@ -126,13 +127,22 @@ def test_isolate_with_another_threshold_changes_head_without_rendering(finished_
     assert new[-1]["stage"] == "done"
 
 
-def test_isolation_that_keeps_nothing_is_a_clean_error(finished_run):
-    out, ws, _, _ = finished_run
+def test_isolation_that_keeps_nothing_is_a_clean_error(finished_run, tmp_path):
+    """Masks that miss the head in every view (blanked in a copy of the workspace whose isolation
+    is undone, so that it renders again) leave nothing to keep."""
+    _, finished_ws, _, _ = finished_run
+    ws = tmp_path / "ws"
+    shutil.copytree(finished_ws, ws)
+    for path in (ws / "masks").glob("*.png"):
+        mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        assert cv2.imwrite(str(path), np.zeros_like(mask))
+    (ws / "isolation.npz").unlink()
+    (ws / "stages" / "isolate.done.json").unlink()
     before = (ws / "head.ply").read_bytes()
-    result = run_cli("isolate", "--workspace", ws, "--output", out / "none.ply", "--min-opacity", "0.9999")
+    result = run_cli("isolate", "--workspace", ws, "--output", tmp_path / "none.ply")
     assert result.returncode == 3, result.stderr
     assert "kept none" in result.stderr and "Traceback" not in result.stderr
-    assert not (out / "none.ply").exists() and (ws / "head.ply").read_bytes() == before
+    assert not (tmp_path / "none.ply").exists() and (ws / "head.ply").read_bytes() == before
 
 
 def test_changed_training_parameter_reuses_earlier_stages(finished_run, capture_dir, tmp_path):

@@ -313,6 +313,27 @@ def test_sigterm_during_sfm_is_a_clean_resumable_interrupt(finished, tmp_path):
     assert run_cli("check", "--workspace", ws).returncode == 0
 
 
+def test_an_interrupt_a_library_rewraps_is_still_a_cancel():
+    """SIGTERM during `import pycolmap` (the sfm stage's first line) surfaces as pycolmap's own
+    "Cannot import the C++ backend" error chained from the KeyboardInterrupt; it must end the run as
+    an interrupt, not as that advice. An error with no interrupt behind it passes through unchanged."""
+    from facesplat.errors import Cancelled
+    from facesplat.pipeline import stage_errors
+
+    def rewrapped():
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as err:
+            raise RuntimeError("Cannot import the C++ backend") from err
+
+    with pytest.raises(Cancelled, match="interrupted"):
+        with stage_errors("sfm"):
+            rewrapped()
+    with pytest.raises(RuntimeError, match="C\\+\\+ backend"):
+        with stage_errors("sfm"):
+            raise RuntimeError("Cannot import the C++ backend")
+
+
 def test_a_workspace_made_read_only_is_a_one_line_error(finished, tmp_path):
     if os.geteuid() == 0:
         # root ignores file modes: take the write bit away with a read-only bind mount instead
