@@ -40,7 +40,8 @@ ws = Path(args["workspace"])
 views = load_views(ws, read_cameras_json(ws / "cameras.json"), torch.device("cpu"))
 if Path(args["scene"]).exists():
     scene = read_splat_ply(args["scene"])
-    T.init_splats = lambda *a, **k: params_from_splats(scene)   # start from the trained scene
+    T.init_splats = lambda *a, **k: torch.nn.ParameterDict(  # start from the trained scene
+        {name: torch.nn.Parameter(v) for name, v in params_from_splats(scene).items()})
     cap = len(scene)
 else:
     cap = 100_000  # from the sparse points

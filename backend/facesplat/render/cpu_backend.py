@@ -150,19 +150,25 @@ def _forward_tile(means2d, conics, opacities, features, tile_offsets, gauss_ids,
                   render, T_final, n_used):  # fmt: skip
     xy, abc, opac, sigma_cut, feat = _gather_tile(means2d, conics, opacities, features, tile_offsets, gauss_ids, t)
     half, zero, alpha_max, alpha_min = consts[0], consts[1], consts[2], consts[3]
-    n, D = feat.shape
+    D = feat.shape[1]
     tiles_x = (width + TILE_SIZE - 1) // TILE_SIZE
     x0, y0 = (t % tiles_x) * TILE_SIZE, (t // tiles_x) * TILE_SIZE
     cx, cy = _pixel_centres(x0, y0, consts)
+    rows, row_len, row_lo, row_hi = _row_lists(xy, abc, sigma_cut, x0, y0)
     pix = np.empty(D)  # float64 running sums
     for py in range(y0, min(y0 + TILE_SIZE, height)):
+        r = py - y0
         for px in range(x0, min(x0 + TILE_SIZE, width)):
             for d in range(D):
                 pix[d] = 0.0
             T = 1.0
             used = 0
-            for k in range(n):
-                dx, dy = xy[k, 0] - cx[px - x0], xy[k, 1] - cy[py - y0]
+            x = px + 0.5
+            for j in range(row_len[r]):
+                if x < row_lo[r, j] or x > row_hi[r, j]:
+                    continue
+                k = rows[r, j]
+                dx, dy = xy[k, 0] - cx[px - x0], xy[k, 1] - cy[r]
                 sigma = half * (abc[k, 0] * dx * dx + abc[k, 2] * dy * dy) + abc[k, 1] * dx * dy
                 if sigma < zero or sigma > sigma_cut[k]:
                     continue
@@ -211,15 +217,22 @@ def _backward_tile(means2d, conics, opacities, features, tile_offsets, gauss_ids
     tiles_x = (width + TILE_SIZE - 1) // TILE_SIZE
     x0, y0 = (t % tiles_x) * TILE_SIZE, (t // tiles_x) * TILE_SIZE
     cx, cy = _pixel_centres(x0, y0, consts)
+    rows, row_len, row_lo, row_hi = _row_lists(xy, abc, sigma_cut, x0, y0)
     behind = np.empty(D)  # float64: sum of feature * weight over the Gaussians behind the current one
     for py in range(y0, min(y0 + TILE_SIZE, height)):
+        r = py - y0
         for px in range(x0, min(x0 + TILE_SIZE, width)):
             T_end = T_final[py, px]
             T = T_end
             for d in range(D):
                 behind[d] = 0.0
-            for k in range(n_used[py, px] - 1, -1, -1):
-                dx, dy = xy[k, 0] - cx[px - x0], xy[k, 1] - cy[py - y0]
+            last = n_used[py, px]
+            x = px + 0.5
+            for j in range(row_len[r] - 1, -1, -1):
+                k = rows[r, j]
+                if k >= last or x < row_lo[r, j] or x > row_hi[r, j]:
+                    continue
+                dx, dy = xy[k, 0] - cx[px - x0], xy[k, 1] - cy[r]
                 sigma = half * (abc[k, 0] * dx * dx + abc[k, 2] * dy * dy) + abc[k, 1] * dx * dy
                 if sigma < zero or sigma > sigma_cut[k]:
                     continue
@@ -246,6 +259,44 @@ def _backward_tile(means2d, conics, opacities, features, tile_offsets, gauss_ids
                     v_conics_e[e, 2] += 0.5 * dy * dy * v_sigma
                     v_means2d_e[e, 0] += v_sigma * (abc[k, 0] * dx + abc[k, 1] * dy)
                     v_means2d_e[e, 1] += v_sigma * (abc[k, 1] * dx + abc[k, 2] * dy)
+
+
+@njit(cache=True)
+def _row_lists(xy, abc, sigma_cut, x0, y0):
+    """Per pixel row of the tile, the tile's Gaussians whose ellipse {sigma <= cut} crosses the
+    row inside the tile, in list order, each with the span of pixel centres x it covers there.
+
+    The pixel loops test only these (half of the tile's list on a trained head, where a Gaussian's
+    box is often far larger than its ellipse's part in one row); the per-pixel tests that follow
+    are unchanged, so the image is the same. The spans are computed in float64 with a margin on
+    the cut: every pixel the float32 test accepts lies inside its span.
+    """
+    n = xy.shape[0]
+    rows = np.empty((TILE_SIZE, n), np.int32)
+    row_len = np.zeros(TILE_SIZE, np.int32)
+    row_lo, row_hi = np.empty((TILE_SIZE, n)), np.empty((TILE_SIZE, n))
+    for k in range(n):
+        a, b, c = float(abc[k, 0]), float(abc[k, 1]), float(abc[k, 2])
+        mx, my = float(xy[k, 0]), float(xy[k, 1])
+        cut = float(sigma_cut[k]) * (1.0 + 1e-4) + 1e-3
+        for r in range(TILE_SIZE):
+            dy = my - (y0 + r + 0.5)
+            if a > 0.0:
+                # 0.5 a dx^2 + b dy dx + 0.5 c dy^2 <= cut, dx = mx - x: dx between the roots.
+                disc = (b * b - a * c) * dy * dy + 2.0 * a * cut
+                if disc < 0.0:
+                    continue
+                root = math.sqrt(disc)
+                lo, hi = mx - (-b * dy + root) / a, mx - (-b * dy - root) / a
+                lo, hi = lo - 1e-3, hi + 1e-3
+                if hi < x0 or lo > x0 + TILE_SIZE:
+                    continue
+            else:  # not positive definite: no bound, the per-pixel test decides
+                lo, hi = -np.inf, np.inf
+            i = row_len[r]
+            rows[r, i], row_lo[r, i], row_hi[r, i] = k, lo, hi
+            row_len[r] = i + 1
+    return rows, row_len, row_lo, row_hi
 
 
 @njit(cache=True)
