@@ -151,6 +151,13 @@ class TrainConfig:
     lr_opacities: float = knob(5e-2, "Adam step of the logit opacities")
     lr_sh0: float = knob(2.5e-3, "Adam step of the base colours")
     lr_shN: float = knob(2.5e-3 / 20, "Adam step of the higher SH coefficients")
+    pose_lr: float = knob(
+        0.0, "Adam step of each view's camera correction (radians, and scene scales for the shift; pose.py), "
+             "taken on the steps that render that view; 0 keeps SfM's cameras. Trained cameras go to "
+             "cameras_refined.json")
+    pose_start_fraction: float = knob(
+        0.25, "cameras are refined after this fraction of the steps (before it the Gaussians are blobs that "
+              "would pull the cameras anywhere)")
 
 
 @dataclass
