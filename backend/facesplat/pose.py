@@ -85,6 +85,9 @@ class PoseRefiner:
         return [dataclasses.replace(cam, world_to_camera=c @ cam.world_to_camera)
                 for cam, c in zip(cameras, self.corrections())]
 
+    UNMOVED = {"pose_rotation_deg_mean": 0.0, "pose_rotation_deg_max": 0.0, "pose_shift_mean": 0.0,
+               "pose_shift_max": 0.0}  # the summary when refinement is off
+
     def summary(self) -> dict:
         """How far the cameras moved: mean and max rotation (degrees) and centre shift (world units)."""
         angles, shifts = [], []

@@ -124,7 +124,7 @@ def _train(views: list[View], xyz: np.ndarray, rgb: np.ndarray, cfg: TrainConfig
         "final_loss": float(np.mean(losses[-50:])) if losses else None,
         "train_seconds_per_step": (time.time() - started) / max(cfg.num_iters, 1),
         "train_history": history,
-        **(poses.summary() if poses is not None else {}),
+        **(poses.summary() if poses is not None else PoseRefiner.UNMOVED),
     }
     cameras = [v.camera for v in views] if poses is None else poses.refined_cameras([v.camera for v in views])
     emit("train", 1.0, f"{len(splats)} Gaussians")

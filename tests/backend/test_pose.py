@@ -1,5 +1,5 @@
-"""Camera pose refinement (pose.py): the correction's maths, and recovering a perturbed camera
-from its image through the real rasterizer's gradient."""
+"""Camera pose refinement (pose.py): the correction's maths, recovering a perturbed camera from
+its image through the real rasterizer's gradient, and the refined cameras' place in the workspace."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from facesplat.core.cameras import CameraFrame, read_cameras_json, trained_cameras_path, write_cameras_json
 from facesplat.pose import PoseRefiner, correction_matrix, so3_exp
 from facesplat.render import rasterize
+from facesplat.views import View, with_cameras
+from facesplat.workspace import Workspace
 
 
 def test_so3_exp_is_rodrigues_with_finite_gradients_at_zero():
@@ -77,3 +80,44 @@ def test_training_the_correction_alone_recovers_a_perturbed_camera(backend):
     assert after[0] < before[0] / 8 and after[1] < before[1] / 8, (before, after)
     np.testing.assert_array_equal(refiner.corrections()[0], np.eye(4))  # the world frame's anchor
     assert refiner.viewmat(0, viewmat) is viewmat
+
+
+def camera(frame_index: int, w2c: np.ndarray) -> CameraFrame:
+    return CameraFrame(frame_index=frame_index, image=f"frames/{frame_index:06d}.png", width=32, height=24,
+                       fx=30.0, fy=30.0, cx=16.0, cy=12.0, world_to_camera=w2c, mask=f"masks/{frame_index:06d}.png")
+
+
+def test_refined_cameras_replace_only_the_poses():
+    cams = [camera(i, look_at([np.cos(a), np.sin(a), 0.2])) for i, a in enumerate([0.0, 1.0, 2.0])]
+    views = [View(camera=c, image=torch.rand(24, 32, 3), mask=torch.rand(24, 32, 1),
+                  viewmat=torch.from_numpy(c.world_to_camera.astype(np.float32)),
+                  K=torch.from_numpy(c.K.astype(np.float32)), box=(1, 2, 30, 20)) for c in cams]
+    refiner = PoseRefiner(3, lr=1e-3, scene_scale=1.0, device="cpu")
+    with torch.no_grad():
+        refiner.deltas[2] += torch.tensor([0.0, 0.01, 0.0, 0.002, 0.0, 0.0])
+    refined = refiner.refined_cameras(cams)
+    assert [c.frame_index for c in refined] == [0, 1, 2]
+    np.testing.assert_array_equal(refined[1].world_to_camera, cams[1].world_to_camera)
+    assert pose_error(refined[2].world_to_camera, cams[2].world_to_camera)[0] == pytest.approx(math.degrees(0.01))
+    moved = with_cameras(views, list(reversed(refined)))
+    assert [v.camera.frame_index for v in moved] == [2, 1, 0]
+    assert moved[0].image is views[2].image and moved[0].box == views[2].box
+    np.testing.assert_allclose(moved[0].viewmat.numpy(), refined[2].world_to_camera, atol=1e-6)
+    summary = refiner.summary()
+    assert summary["pose_rotation_deg_max"] == pytest.approx(math.degrees(0.01), rel=1e-4)
+
+
+def test_trained_cameras_file_is_read_where_there_and_dropped_with_its_training(tmp_path):
+    ws = Workspace(tmp_path / "ws").prepare()
+    sfm = [camera(0, look_at([1.0, 0.0, 0.0]))]
+    write_cameras_json(ws.cameras_json, sfm)
+    assert trained_cameras_path(ws.root) == ws.cameras_json  # a workspace from before refinement
+    refined = [camera(0, look_at([1.0, 0.01, 0.0]))]
+    write_cameras_json(ws.cameras_refined_json, refined)
+    assert trained_cameras_path(ws.root) == ws.cameras_refined_json
+    np.testing.assert_allclose(read_cameras_json(trained_cameras_path(ws.root))[0].world_to_camera,
+                               refined[0].world_to_camera)
+    ws.invalidate_from("isolate")  # re-isolating keeps the training's cameras
+    assert ws.cameras_refined_json.exists()
+    ws.invalidate_from("masks")  # a re-run from an earlier stage retrains: they would be stale
+    assert not ws.cameras_refined_json.exists() and trained_cameras_path(ws.root) == ws.cameras_json
