@@ -77,7 +77,7 @@ class PoseRefiner:
         """[4, 4] float64 correction of every view (identity for the fixed ones)."""
         out = []
         for d in self.deltas:
-            d = d.detach().double().cpu()
+            d = d.detach().cpu().double()  # MPS has no float64
             out.append(correction_matrix(d, self.scene_scale).numpy())
         return out
 

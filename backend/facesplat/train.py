@@ -8,6 +8,7 @@ On the CPU backends only the 16x16 tiles the loss looks at are rendered: those h
 alpha penalty counts 1 / share, so that the penalty is the same on average.
 A random background colour each step keeps the head opaque instead of borrowing the background.
 Densification follows the 3DGS rules as gsplat applies them (strategy.py), one Adam optimizer per parameter.
+Each view's camera pose is refined with the Gaussians after a warm-up (pose.py, `cfg.pose_lr`).
 Every knob is in TrainConfig; the rasterizer backend follows from the device of the views.
 
 On the CPU a run is a function of its inputs, `cfg.seed` and the thread count: the view order,
