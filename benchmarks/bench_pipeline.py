@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "backend"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from facesplat.core.cameras import read_cameras_json, world_to_camera_after_similarity  # noqa: E402
+from facesplat.core.cameras import read_cameras_json, trained_cameras_path, world_to_camera_after_similarity  # noqa: E402
 from facesplat.core.ply import read_splat_ply  # noqa: E402
 from facesplat.gaussians import activated, params_from_splats  # noqa: E402
 from facesplat.render import rasterize  # noqa: E402
@@ -72,7 +72,8 @@ def held_out_metrics(ws: Path, capture: Path, video: Path, splats, scene=None) -
     true head mask (cut at the neck), the fog (rendered alpha away from the true bust, in units of
     the head's area), how many frames, and the camera-centre fit error.
     """
-    ours = sorted(read_cameras_json(ws / "cameras.json"), key=lambda c: c.frame_index)
+    # The cameras the splat was trained with (refined by training where it refines them).
+    ours = sorted(read_cameras_json(trained_cameras_path(ws)), key=lambda c: c.frame_index)
     gt = true_cameras(capture)
     ours_c = np.array([c.center for c in ours])
     gt_c = np.array([np.linalg.inv(np.array(gt[c.frame_index]["w2c"]))[:3, 3] for c in ours])

@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
 
-from facesplat.core.cameras import read_cameras_json  # noqa: E402
+from facesplat.core.cameras import read_cameras_json, trained_cameras_path  # noqa: E402
 from facesplat.core.ply import read_splat_ply  # noqa: E402
 from facesplat.gaussians import activated, params_from_splats  # noqa: E402
 from facesplat.render import rasterize  # noqa: E402
@@ -40,7 +40,7 @@ def main() -> int:
     ap.add_argument("--width", type=int, default=360, help="width of each column in pixels")
     args = ap.parse_args()
 
-    cameras = read_cameras_json(args.workspace / "cameras.json")
+    cameras = read_cameras_json(trained_cameras_path(args.workspace))  # the cameras the splat was trained with
     scene, head = read_splat_ply(args.workspace / "scene.ply"), read_splat_ply(args.workspace / "head.ply")
     picks = np.linspace(0, len(cameras) - 1, min(args.views, len(cameras))).round().astype(int)
     columns = []

@@ -8,6 +8,7 @@ from pathlib import Path
 import bpy
 
 from . import importer, isolations, preferences, runner
+from .core import cameras as cams
 from .jobs import BackendJob, UserError
 
 
@@ -76,7 +77,8 @@ def import_finished_run(context, ws: Path, name: str):
     object linked to `ws` (so Re-isolate and kept isolations work on it). Used by Run and by the
     batch list's Import. Raises ValueError (one line), the scene untouched."""
     # A run's cameras are meant to be looked through, so it sets the render size to the frames'.
-    return importer.import_splats(context, ws / "head.ply", cameras_json=ws / "cameras.json", name=name,
+    # The cameras the splat was trained with: cameras_refined.json, or cameras.json in older workspaces.
+    return importer.import_splats(context, ws / "head.ply", cameras_json=cams.trained_cameras_path(ws), name=name,
                                   workspace=ws, set_render_size=True)
 
 

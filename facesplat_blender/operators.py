@@ -15,6 +15,7 @@ from bpy.types import Operator
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
 from . import batches, exporter, importer, isolations, jobs, properties, tools
+from .core import cameras as cams
 from .job_factories import abspath, import_finished_run, install_job, reisolate_job, run_job
 from .jobs import BackendJob, UserError
 
@@ -179,7 +180,7 @@ class FACESPLAT_OT_cancel(Operator):
 
 class FACESPLAT_OT_import_ply(Operator, ImportHelper):
     """Import a 3D Gaussian Splat PLY (SH degree 0-3) as a point cloud; with a FaceSplat
-    workspace's cameras.json beside it, its cameras too"""
+    workspace's cameras beside it (cameras_refined.json, else cameras.json), its cameras too"""
 
     bl_idname = "facesplat.import_ply"
     bl_label = "Import 3D Gaussian Splat"
@@ -188,7 +189,8 @@ class FACESPLAT_OT_import_ply(Operator, ImportHelper):
     filename_ext = ".ply"
     filter_glob: StringProperty(default="*.ply", options={"HIDDEN"})
     import_cameras: BoolProperty(name="Cameras", default=True,
-                                 description="Also import cameras.json from the same folder, if there is one")
+                                 description="Also import the cameras from the same folder, if it is a FaceSplat "
+                                             "workspace (cameras_refined.json, or cameras.json)")
     set_render_size: BoolProperty(
         name="Set Render Size", default=False,
         description="Set the scene's render resolution and pixel aspect to the cameras' frames, so looking "
@@ -196,7 +198,7 @@ class FACESPLAT_OT_import_ply(Operator, ImportHelper):
 
     def execute(self, context):
         path = Path(self.filepath)
-        cameras = path.parent / "cameras.json"
+        cameras = cams.trained_cameras_path(path.parent)  # cameras_refined.json, else cameras.json
         use_cameras = self.import_cameras and cameras.is_file()
         try:
             # A workspace's head.ply is named after its workspace folder, a lone PLY after itself.

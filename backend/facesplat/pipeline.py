@@ -40,7 +40,7 @@ class Run:
     ctx: StageContext
     source: Path | None = None
     is_images: bool = False
-    _views: list | None = field(default=None, repr=False)
+    _views: dict = field(default_factory=dict, repr=False)
 
     def frames(self) -> list[dict]:
         return read_workspace_file(self.ws.frames_json, _read_json_list)
@@ -51,18 +51,26 @@ class Run:
     def masks(self) -> list[dict]:
         return read_workspace_file(self.ws.masks_json, _read_json_list)
 
-    def cameras(self):
-        from .core.cameras import read_cameras_json
+    def cameras(self, trained: bool = False):
+        """SfM's cameras (cameras.json); with `trained`, those the splat was trained with
+        (cameras_refined.json where the train stage wrote it, else cameras.json)."""
+        from .core.cameras import read_cameras_json, trained_cameras_path
 
-        return read_workspace_file(self.ws.cameras_json, read_cameras_json)
+        return read_workspace_file(trained_cameras_path(self.ws.root) if trained else self.ws.cameras_json,
+                                   read_cameras_json)
 
-    def views(self):
-        """Undistorted frames and masks as tensors on the run's device (read once per run)."""
-        if self._views is None:
-            from .views import load_views
+    def views(self, trained: bool = False):
+        """Undistorted frames and masks as tensors on the run's device, with SfM's cameras or (with
+        `trained`) the trained ones. The pixels are read once per run: only the poses differ."""
+        from .views import load_views, with_cameras
 
-            self._views = load_views(self.ws.root, self.cameras(), self.ctx.device, self.cfg.train.crop_margin)
-        return self._views
+        if trained not in self._views:
+            cameras = self.cameras(trained)
+            if self._views:
+                self._views[trained] = with_cameras(next(iter(self._views.values())), cameras)
+            else:
+                self._views[trained] = load_views(self.ws.root, cameras, self.ctx.device, self.cfg.train.crop_margin)
+        return self._views[trained]
 
 
 # --- the stages: read inputs, call the stage function, write its artefacts -------------------
@@ -130,6 +138,7 @@ def _masks(run: Run) -> dict:
 
 def _train(run: Run) -> dict:
     from . import report
+    from .core.cameras import write_cameras_json
     from .core.ply import write_splat_ply
     from .render.device import backend_for
     from .train import train
@@ -138,6 +147,11 @@ def _train(run: Run) -> dict:
     points = read_workspace_file(run.ws.points_npz, lambda p: read_npz(p, "xyz", "rgb"))
     result = train(views, points["xyz"], points["rgb"], run.cfg.train, run.ctx)
     write_splat_ply(run.ws.scene_ply, result.splats)
+    # The cameras trained with (refined, or SfM's as they were): what isolation and the add-on use.
+    write_cameras_json(run.ws.cameras_refined_json, result.cameras, refined_from="cameras.json",
+                       pose_lr=run.cfg.train.pose_lr)
+    run._views.pop(True, None)
+    views = run.views(trained=True)
     figures = report.train_figures(result.params, views, run.cfg.train.sh_degree)
     png = report.preview_png(result.params, views, run.cfg.train.sh_degree)
     if png is not None:
@@ -152,15 +166,18 @@ def _isolate(run: Run) -> dict:
 
     ws, cfg = run.ws, run.cfg.isolate
     splats = read_workspace_file(ws.scene_ply, read_splat_ply)
-    # The visibility counts belong to one scene.ply and one visibility rule.
-    cache_key = f"{_file_fingerprint(ws.scene_ply)}:{cfg.visible_weight}"
+    # The visibility counts belong to one scene.ply, the cameras it is seen through and one rule.
+    from .core.cameras import trained_cameras_path
+
+    cache_key = (f"{_file_fingerprint(ws.scene_ply)}:{_file_fingerprint(trained_cameras_path(ws.root))}:"
+                 f"{cfg.visible_weight}")
     cached = None
     if ws.isolation_npz.exists():
         with contextlib.suppress(OSError, KeyError, ValueError):
             stored = read_npz(ws.isolation_npz, "key", *STAT_KEYS)
             if str(stored.pop("key")) == cache_key:
                 cached = stored
-    result = isolate_head(splats, run.views, cached, cfg, run.ctx)
+    result = isolate_head(splats, lambda: run.views(trained=True), cached, cfg, run.ctx)
     if result.stats is not cached:
         write_npz(ws.isolation_npz, key=np.array(cache_key), **result.stats)
     data = splats_to_ply_bytes(result.head)
@@ -200,7 +217,10 @@ def _check_sfm(run: Run) -> str:
 def _check_train(run: Run) -> str:
     from .core.ply import read_splat_ply
 
-    return f"{len(read_workspace_file(run.ws.scene_ply, read_splat_ply))} Gaussians in scene.ply"
+    line = f"{len(read_workspace_file(run.ws.scene_ply, read_splat_ply))} Gaussians in scene.ply"
+    if run.ws.cameras_refined_json.exists():  # older workspaces have none: cameras.json serves
+        line += f", {len(run.cameras(trained=True))} trained cameras"
+    return line
 
 
 def _check_isolate(run: Run) -> str:
@@ -432,7 +452,7 @@ def write_report_html(run: Run) -> None:
     from .views import load_views
 
     ws = run.ws
-    cameras = run.cameras()
+    cameras = run.cameras(trained=True)
     picks = [cameras[i] for i in np.unique(np.linspace(0, len(cameras) - 1, min(report.CONTACT_VIEWS, len(cameras)))
                                            .round().astype(int))] if cameras else []
     views = load_views(ws.root, picks, run.ctx.device, run.cfg.train.crop_margin)

@@ -8,6 +8,7 @@ On the CPU backends only the 16x16 tiles the loss looks at are rendered: those h
 alpha penalty counts 1 / share, so that the penalty is the same on average.
 A random background colour each step keeps the head opaque instead of borrowing the background.
 Densification follows the 3DGS rules as gsplat applies them (strategy.py), one Adam optimizer per parameter.
+Each view's camera pose is refined with the Gaussians after a warm-up (pose.py, `cfg.pose_lr`).
 Every knob is in TrainConfig; the rasterizer backend follows from the device of the views.
 
 On the CPU a run is a function of its inputs, `cfg.seed` and the thread count: the view order,
@@ -31,7 +32,9 @@ import torch.nn.functional as F
 
 from .config import TrainConfig
 from .core.ply import Splats
+from .core.cameras import CameraFrame
 from .gaussians import activated, init_splats, splats_from_params
+from .pose import PoseRefiner
 from .render import rasterize
 from .render.device import backend_for
 from .render.projection import TILE_SIZE
@@ -45,6 +48,7 @@ class TrainResult:
     params: torch.nn.ParameterDict  # raw parameters (for rendering the report's figures)
     splats: Splats  # the same, as plain arrays: scene.ply
     summary: dict
+    cameras: list[CameraFrame]  # the views' cameras as trained: refined when cfg.pose_lr > 0
 
 
 def train(views: list[View], xyz: np.ndarray, rgb: np.ndarray, cfg: TrainConfig, ctx: StageContext) -> TrainResult:
@@ -71,6 +75,9 @@ def _train(views: list[View], xyz: np.ndarray, rgb: np.ndarray, cfg: TrainConfig
     strategy.check_sanity(params, optimizers)
     state = strategy.initialize_state(scene_scale=scene_scale)
     sh_start = int(cfg.sh_start_fraction * cfg.num_iters)  # degree 1 once the base colours have settled
+    # Pose refinement (pose.py) once the Gaussians are more than blobs; the first view stays fixed.
+    poses = PoseRefiner(len(views), cfg.pose_lr, scene_scale, device) if cfg.pose_lr > 0 else None
+    pose_start = int(cfg.pose_start_fraction * cfg.num_iters)
 
     emit("train", 0.0, f"training {len(params['means'])} Gaussians on {len(views)} views")
     started, losses, order = time.time(), [], []
@@ -88,9 +95,10 @@ def _train(views: list[View], xyz: np.ndarray, rgb: np.ndarray, cfg: TrainConfig
         tile_mask, bg_weight = sample_tiles(head, bg_share, tile_rng, h, w)
         background = torch.rand(3, device=device)
         splats = activated(params)
+        viewmat = poses.viewmat(index, view.viewmat) if poses is not None and step >= pose_start else view.viewmat
         render, alpha, info = rasterize(
             splats["means"], splats["quats"], splats["scales"], splats["opacities"], splats["colors"],
-            view.viewmat, K, w, h, sh_degree=cfg.sh_degree if step >= sh_start else 0,
+            viewmat, K, w, h, sh_degree=cfg.sh_degree if step >= sh_start else 0,
             backgrounds=background, tile_mask=tile_mask)
         strategy.step_pre_backward(params, optimizers, state, step, info)
         loss = head_loss(render, alpha, image, mask, cfg, bg_weight)
@@ -100,6 +108,8 @@ def _train(views: list[View], xyz: np.ndarray, rgb: np.ndarray, cfg: TrainConfig
             opt.zero_grad(set_to_none=True)
         for group in optimizers["means"].param_groups:
             group["lr"] *= means_decay
+        if poses is not None:
+            poses.step(index)
         strategy.step_post_backward(params, optimizers, state, step, info)
         losses.append(float(loss.detach()))
         if step % 10 == 0 or step == cfg.num_iters - 1:
@@ -115,9 +125,11 @@ def _train(views: list[View], xyz: np.ndarray, rgb: np.ndarray, cfg: TrainConfig
         "final_loss": float(np.mean(losses[-50:])) if losses else None,
         "train_seconds_per_step": (time.time() - started) / max(cfg.num_iters, 1),
         "train_history": history,
+        **(poses.summary() if poses is not None else PoseRefiner.UNMOVED),
     }
+    cameras = [v.camera for v in views] if poses is None else poses.refined_cameras([v.camera for v in views])
     emit("train", 1.0, f"{len(splats)} Gaussians")
-    return TrainResult(params=params, splats=splats, summary=summary)
+    return TrainResult(params=params, splats=splats, summary=summary, cameras=cameras)
 
 
 def make_optimizers(params, scene_scale: float, cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:

@@ -6,6 +6,7 @@ masks are undistorted with the SfM camera's radial term once, on load.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import cv2
@@ -98,6 +99,20 @@ def load_view(root, cam: CameraFrame, device, margin: float = 0.1) -> View:
         K=torch.from_numpy(cam.K.astype(np.float32)).to(device),
         box=head_box(mask_f, margin),
     )
+
+
+def with_cameras(views: list[View], cameras: list[CameraFrame]) -> list[View]:
+    """The same frames and masks seen from other poses of the same cameras (refined ones): the
+    pixels, intrinsics and head boxes are shared, the poses are `cameras`' (matched by frame)."""
+    by_frame = {v.camera.frame_index: v for v in views}
+    missing = [c.frame_index for c in cameras if c.frame_index not in by_frame]
+    if missing:
+        raise StageError(f"the trained cameras name frame {missing[0]}, which cameras.json lacks; the workspace "
+                         "is damaged: delete its cameras_refined.json and run the same command again")
+    return [dataclasses.replace(by_frame[c.frame_index], camera=c,
+                                viewmat=torch.from_numpy(c.world_to_camera.astype(np.float32))
+                                .to(by_frame[c.frame_index].viewmat.device))
+            for c in cameras]
 
 
 def load_views(root, cameras: list[CameraFrame], device, margin: float = 0.1) -> list[View]:

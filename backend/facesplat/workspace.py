@@ -10,7 +10,9 @@ Layout (also documented in docs/workspace.md):
     masks/NNNNNN.png        soft head masks (uint8, 255 = head), same names as frames/
     masks.json              per registered frame: the projected head ellipse, the mask's shape (hull, ...)
     sfm/                    COLMAP database and the kept sparse model (binary)
-    cameras.json            registered frames: intrinsics + world_to_camera (OpenCV)
+    cameras.json            registered frames: intrinsics + world_to_camera (OpenCV), as SfM placed them
+    cameras_refined.json    the same cameras as the train stage left them (pose refinement); what
+                            isolation, the report and the Blender import use when it is there
     points.npz              sparse points in the same world frame: xyz [P,3], rgb [P,3] uint8
     scene.ply               every trained Gaussian (3DGS PLY)
     isolation.npz           per-Gaussian visibility statistics (re-isolation needs no re-render)
@@ -142,6 +144,7 @@ class Workspace:
     masks_json = property(lambda self: self.root / "masks.json")
     sfm_dir = property(lambda self: self.root / "sfm")
     cameras_json = property(lambda self: self.root / "cameras.json")
+    cameras_refined_json = property(lambda self: self.root / "cameras_refined.json")
     points_npz = property(lambda self: self.root / "points.npz")
     scene_ply = property(lambda self: self.root / "scene.ply")
     isolation_npz = property(lambda self: self.root / "isolation.npz")
@@ -204,9 +207,14 @@ class Workspace:
         atomic_write_json(self.marker(stage), {"stage": stage, "config_hash": config_hash, **info})
 
     def invalidate_from(self, stage: str) -> None:
-        """Remove the markers of `stage` and every later stage."""
-        for s in STAGES[STAGES.index(stage):]:
+        """Remove the markers of `stage` and every later stage, and the train stage's refined
+        cameras when it is among them: they override cameras.json for their readers, so a stale
+        copy must not outlive the training it came from."""
+        later = STAGES[STAGES.index(stage):]
+        for s in later:
             self.marker(s).unlink(missing_ok=True)
+        if "train" in later:
+            self.cameras_refined_json.unlink(missing_ok=True)
 
     def done_stages(self) -> list[str]:
         return [s for s in STAGES if self.marker(s).exists()]

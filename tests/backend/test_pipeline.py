@@ -3,6 +3,7 @@ isolation, through the CLI; then resume, a changed parameter, and re-isolation."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -11,7 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from facesplat.core.cameras import read_cameras_json, project_points
+from facesplat.config import TrainConfig
+from facesplat.core.cameras import read_cameras_json, project_points, write_cameras_json
 from facesplat.core.events import read_events
 from facesplat.core.ply import read_splat_ply
 from helpers import REPO, run_cli
@@ -67,6 +69,15 @@ def test_run_writes_a_head_and_a_complete_workspace(finished_run, capture_dir):
         assert (ws / cam.image).exists() and (ws / cam.mask).exists()
         assert cam.distortion["model"] == "SIMPLE_RADIAL"
     assert len({(c.fx, c.cx, c.cy) for c in cameras}) == 1  # one shared camera
+    # The train stage's cameras: SfM's frames, intrinsics and images, poses as trained (refined
+    # when TrainConfig.pose_lr > 0, else SfM's own).
+    trained = read_cameras_json(ws / "cameras_refined.json")
+    assert [c.frame_index for c in trained] == [c.frame_index for c in cameras]
+    for sfm_cam, cam in zip(cameras, trained):
+        assert (cam.image, cam.mask, cam.K.tolist(), cam.distortion) == (sfm_cam.image, sfm_cam.mask,
+                                                                          sfm_cam.K.tolist(), sfm_cam.distortion)
+        moved = np.linalg.norm(cam.center - sfm_cam.center)
+        assert moved < 0.01 if TrainConfig().pose_lr > 0 else moved == 0  # millimetres at most
     report = json.loads((ws / "report.json").read_text())
     for key in ("stage_seconds", "frames_sampled", "frames_with_face", "frames_registered",
                 "mean_reprojection_error_px", "gaussians_before_isolation", "gaussians_after_isolation",
@@ -145,12 +156,37 @@ def test_isolation_that_keeps_nothing_is_a_clean_error(finished_run, tmp_path):
     assert not (tmp_path / "none.ply").exists() and (ws / "head.ply").read_bytes() == before
 
 
+def test_isolation_sees_the_scene_through_the_trained_cameras(finished_run, tmp_path):
+    """Isolation renders every view with cameras_refined.json's poses, not cameras.json's: with the
+    trained cameras turned away from the head (in a copy, its isolation marker removed; the cached
+    visibility belongs to the other cameras), nothing is left to keep; restored, the same
+    isolation keeps the head again."""
+    _, finished_ws, _, _ = finished_run
+    ws = tmp_path / "ws"
+    shutil.copytree(finished_ws, ws)
+    trained = read_cameras_json(ws / "cameras_refined.json")
+    turn = np.eye(4)
+    turn[:3, :3] = cv2.Rodrigues(np.array([0.0, np.pi / 2, 0.0]))[0]  # the head leaves every frame
+    write_cameras_json(ws / "cameras_refined.json", [dataclasses.replace(c, world_to_camera=turn @ c.world_to_camera)
+                                                     for c in trained])
+    (ws / "stages" / "isolate.done.json").unlink()
+    result = run_cli("isolate", "--workspace", ws, "--output", tmp_path / "none.ply")
+    assert result.returncode == 3 and "kept none" in result.stderr, result.stderr[-2000:]
+    write_cameras_json(ws / "cameras_refined.json", trained)
+    result = run_cli("isolate", "--workspace", ws, "--output", tmp_path / "head.ply")
+    assert result.returncode == 0, result.stderr[-2000:]
+    default = finished_ws / "isolations" / "head_t0.30_o0.05.ply"  # head.ply may be another test's threshold
+    assert len(read_splat_ply(tmp_path / "head.ply")) == len(read_splat_ply(default))
+
+
 def test_changed_training_parameter_reuses_earlier_stages(finished_run, capture_dir, tmp_path):
     out, ws, _, _ = finished_run
     args = [a if a != "300" else "40" for a in ARGS]
     size = (ws / "events.jsonl").stat().st_size
+    trained_before = (ws / "cameras_refined.json").stat().st_mtime_ns
     result = run_cli("run", "--video", capture_dir / "video.mp4", "--output", tmp_path / "h.ply", "--workspace", ws, *args)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert (ws / "cameras_refined.json").stat().st_mtime_ns != trained_before  # the new training's cameras
     new = events_after(ws, size)
     reused = {e["stage"] for e in new if "already done" in e["message"]}
     assert reused == {"frames", "faces", "sfm", "masks"}

@@ -184,8 +184,16 @@ def render_with_grads(fn, scene: dict, seed: int = 0):
     params = {k: scene[k].clone().requires_grad_() for k in PARAMS}
     bg = scene["backgrounds"]
     bg = None if bg is None else bg.clone().requires_grad_()
-    rest = {k: scene[k] for k in ("viewmat", "K", "width", "height", "sh_degree")}
-    render, alpha, means2d = fn(**params, **rest, backgrounds=bg)
+    rest = {k: scene[k] for k in ("K", "width", "height", "sh_degree")}
+    # The camera's pose moves with a twist (rotation, translation), zero here: its gradient is what
+    # pose refinement (pose.py) learns from, through the viewmat.
+    viewmat = scene["viewmat"]
+    twist = torch.zeros(6, dtype=viewmat.dtype, device=viewmat.device, requires_grad=True)
+    hat = torch.zeros(4, 4, dtype=viewmat.dtype, device=viewmat.device)
+    hat[2, 1], hat[0, 2], hat[1, 0] = twist[0], twist[1], twist[2]
+    hat[1, 2], hat[2, 0], hat[0, 1] = -twist[0], -twist[1], -twist[2]
+    hat[:3, 3] = twist[3:]
+    render, alpha, means2d = fn(**params, **rest, viewmat=torch.linalg.matrix_exp(hat) @ viewmat, backgrounds=bg)
     means2d.retain_grad()
     g = torch.Generator().manual_seed(seed)
     # Same weights whatever the dtype and device of the render.
@@ -194,6 +202,7 @@ def render_with_grads(fn, scene: dict, seed: int = 0):
     loss.backward()
     grads = {k: params[k].grad for k in PARAMS}
     grads["means2d"] = means2d.grad.reshape(-1, 2)
+    grads["pose"] = twist.grad
     if bg is not None:
         grads["backgrounds"] = bg.grad
     return render.detach(), alpha.detach(), grads

@@ -4,6 +4,7 @@ Functions named w_* run inside the module's Blender worker (see blender_worker.p
 functions prepare files and check results here.
 """
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -360,6 +361,23 @@ def test_cameras_line_up_with_cameras_json(blender, tmp_path):
         cam = got["cams"][f.frame_index]
         assert cam["parent"] == "ws" and cam["collection"] == "ws cameras"
         assert Path(cam["image"]) == tmp_path / "ws" / f.image
+
+
+@pytest.mark.skipif(not LPS.exists(), reason="sample capture not present")
+def test_the_trained_cameras_are_imported_where_the_workspace_has_them(blender, tmp_path):
+    """cameras_refined.json (the train stage's cameras, pose refinement applied) wins over SfM's
+    cameras.json: the splat lines up with the cameras it was trained with."""
+    frames = lps_frames()
+    ply_path = make_workspace(tmp_path / "ws", frames)
+    turn = np.eye(4)
+    turn[:3, :3] = cv2.Rodrigues(np.array([0.0, 0.03, 0.0]))[0]  # 1.7 degrees: tens of pixels
+    turn[:3, 3] = [0.004, 0.0, 0.0]
+    refined = [dataclasses.replace(f, world_to_camera=turn @ f.world_to_camera) for f in frames]
+    write_cameras_json(tmp_path / "ws" / "cameras_refined.json", refined)
+    points = np.random.default_rng(0).uniform(-0.12, 0.12, size=(25, 3))
+    got = blender.call(w_camera_pixels, ply_path, points)
+    assert sorted(got["cams"]) == [f.frame_index for f in frames]
+    check_camera_projection(got, refined, points)
 
 
 @pytest.mark.parametrize("fy", [480.0, 540.0])

@@ -14,6 +14,11 @@ cameras.json (written by the backend's sfm stage, read by the trainer and the Bl
          "world_to_camera": [[4 x 4]]}, ...]
     }
 World units are those of the PLY files written by the same run.
+
+cameras_refined.json (written by the backend's train stage) has the same format: the cameras the
+Gaussians were trained with, SfM's poses with the training's pose refinement applied (identical to
+cameras.json when refinement is off). Whatever uses the trained splat with its cameras (isolation,
+the report, the Blender import) reads it where it is, cameras.json otherwise (`trained_cameras_path`).
 """
 
 from __future__ import annotations
@@ -196,6 +201,17 @@ def read_cameras_json(path) -> list[CameraFrame]:
         raise CamerasFormatError(f"{path} is not a FaceSplat cameras.json (expected convention 'opencv' and a "
                                  f"frames list); give the cameras.json of a FaceSplat workspace")
     return [_frame_from_json(entry, f"{path}: frames[{i}]") for i, entry in enumerate(doc["frames"])]
+
+
+CAMERAS_JSON = "cameras.json"
+REFINED_CAMERAS_JSON = "cameras_refined.json"
+
+
+def trained_cameras_path(workspace) -> Path:
+    """The cameras a workspace's splat was trained with: cameras_refined.json where the train stage
+    wrote one, else cameras.json (a workspace from before pose refinement, or not trained yet)."""
+    refined = Path(workspace) / REFINED_CAMERAS_JSON
+    return refined if refined.is_file() else Path(workspace) / CAMERAS_JSON
 
 
 def write_cameras_json(path, frames: list[CameraFrame], **extra) -> Path:
