@@ -135,12 +135,17 @@ def test_truncated_scene_ply_is_a_one_line_error(finished, tmp_path):
     assert check.returncode == 3 and "DAMAGED" in check.stdout and "Traceback" not in check.stderr
 
 
-def test_broken_cameras_json_is_a_one_line_error(finished, tmp_path):
+@pytest.mark.parametrize("broken", ["cameras_refined.json", "cameras.json"])
+def test_broken_cameras_json_is_a_one_line_error(finished, tmp_path, broken):
+    """Isolation reads the cameras the splat was trained with (cameras_refined.json); a workspace
+    from before pose refinement has only SfM's cameras.json, and isolation reads that."""
     ws = copy_workspace(finished[2], tmp_path)
     (ws / "isolation.npz").unlink()  # so isolation has to read the cameras
-    (ws / "cameras.json").write_text('{"bad":')
+    if broken == "cameras.json":
+        (ws / "cameras_refined.json").unlink()
+    (ws / broken).write_text('{"bad":')
     result = run_cli("isolate", "--workspace", ws, "--output", tmp_path / "h.ply", "--threshold", "0.5")
-    assert_clean_failure(result, 3, "cameras.json")
+    assert_clean_failure(result, 3, broken)
     assert not (tmp_path / "h.ply").exists()
 
 
