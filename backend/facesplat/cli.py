@@ -127,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0].startswith("--") and argv[0] not in ("--help", "-h"):
         argv.insert(0, "run")  # the seed's flat flags: facesplat --video ... --output ...
     args = build_parser().parse_args(argv)
-    # SIGTERM (e.g. Cancel in Blender) takes the same clean path as Ctrl-C.
+    # SIGTERM (e.g. Cancel in Blender) takes the same clean path as Ctrl-C. SIGINT is set too:
+    # Python leaves it ignored when started so (a background job of a script), and SIGINT is how
+    # `facesplat batch` cancels the runs it started.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     progress = ConsoleProgress()
     try:
         if args.command == "check":

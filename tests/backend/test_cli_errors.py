@@ -172,11 +172,19 @@ def test_gpu_out_of_memory_becomes_a_clean_error(tmp_path, capture_dir, monkeypa
     assert not (tmp_path / "h.ply").exists()
 
 
-def test_ctrl_c_leaves_a_resumable_workspace(tmp_path, capture_dir):
+def _ignore_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("started", ["normally", "with-sigint-ignored"])
+def test_ctrl_c_leaves_a_resumable_workspace(tmp_path, capture_dir, started):
+    """Also when started with SIGINT ignored, as a script's background job is (and as the runs of
+    a `facesplat batch` started so would be): SIGINT is how the batch cancels them."""
     ws = tmp_path / "ws"
     args = ["run", "--video", capture_dir / "video.mp4", "--output", tmp_path / "h.ply", "--workspace", ws,
             "--num-frames", "12", "--height", "270", "--num-iters", "2000", "--device", "cpu"]
-    proc = start_cli(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_cli(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                     preexec_fn=_ignore_sigint if started == "with-sigint-ignored" else None)
     wait_for_event(ws / "events.jsonl", lambda e: e["stage"] == "train")  # interrupt once training has started
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
