@@ -118,7 +118,10 @@ def test_ctrl_c_stops_every_capture_and_leaves_resumable_workspaces(tmp_path, ca
     inputs, out = tmp_path / "inputs", tmp_path / "out"
     inputs.mkdir()
     shutil.copy(capture_dir / "video.mp4", inputs / "lps.mp4")
-    batch = Batch(inputs, "--output-dir", out, "--num-cpus", "2", *TINY)
+    # Long enough that the capture is still running when the interrupt has gone round: at TINY's 50
+    # steps it finishes some 8 s after its faces stage, and on a loaded machine it once did so first.
+    long_run = [a if a != "50" else "3000" for a in TINY]
+    batch = Batch(inputs, "--output-dir", out, "--num-cpus", "2", *long_run)
     faces_done = out / "lps" / "workspace" / "stages" / "faces.done.json"
     deadline = time.time() + 300
     while not faces_done.exists() and batch.proc.poll() is None and time.time() < deadline:
