@@ -138,7 +138,7 @@ def _masks(run: Run) -> dict:
 
 def _train(run: Run) -> dict:
     from . import report
-    from .core.cameras import write_cameras_json
+    from .core.cameras import CAMERAS_JSON, write_cameras_json
     from .core.ply import write_splat_ply
     from .render.device import backend_for
     from .train import train
@@ -148,7 +148,7 @@ def _train(run: Run) -> dict:
     result = train(views, points["xyz"], points["rgb"], run.cfg.train, run.ctx)
     write_splat_ply(run.ws.scene_ply, result.splats)
     # The cameras trained with (refined, or SfM's as they were): what isolation and the add-on use.
-    write_cameras_json(run.ws.cameras_refined_json, result.cameras, refined_from="cameras.json",
+    write_cameras_json(run.ws.cameras_refined_json, result.cameras, refined_from=CAMERAS_JSON,
                        pose_lr=run.cfg.train.pose_lr)
     run._views.pop(True, None)
     views = run.views(trained=True)

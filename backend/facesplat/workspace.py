@@ -35,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .core.cameras import CAMERAS_JSON, REFINED_CAMERAS_JSON
 from .core.events import STAGES
 from .core.files import atomic_write_bytes
 from .errors import InputError
@@ -143,8 +144,8 @@ class Workspace:
     head_volume_json = property(lambda self: self.root / "head_volume.json")
     masks_json = property(lambda self: self.root / "masks.json")
     sfm_dir = property(lambda self: self.root / "sfm")
-    cameras_json = property(lambda self: self.root / "cameras.json")
-    cameras_refined_json = property(lambda self: self.root / "cameras_refined.json")
+    cameras_json = property(lambda self: self.root / CAMERAS_JSON)
+    cameras_refined_json = property(lambda self: self.root / REFINED_CAMERAS_JSON)
     points_npz = property(lambda self: self.root / "points.npz")
     scene_ply = property(lambda self: self.root / "scene.ply")
     isolation_npz = property(lambda self: self.root / "isolation.npz")
