@@ -10,10 +10,10 @@ code, never a traceback.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 
+from . import interrupt
 from .config import DEFAULT_PRESET, PRESETS, ConfigError, make_config, option_schema, validate
 from .errors import FaceSplatError, InputError
 
@@ -118,20 +118,12 @@ class ConsoleProgress:
         self._bar, self._stage = None, None
 
 
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].startswith("--") and argv[0] not in ("--help", "-h"):
         argv.insert(0, "run")  # the seed's flat flags: facesplat --video ... --output ...
     args = build_parser().parse_args(argv)
-    # SIGTERM (e.g. Cancel in Blender) takes the same clean path as Ctrl-C. SIGINT is set too:
-    # Python leaves it ignored when started so (a background job of a script), and SIGINT is how
-    # `facesplat batch` cancels the runs it started.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    interrupt.install()  # SIGTERM (Cancel in Blender) takes the same clean path as Ctrl-C
     progress = ConsoleProgress()
     try:
         if args.command == "check":

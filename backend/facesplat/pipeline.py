@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import interrupt
 from .config import Config, config_hash
 from .core import events as events_module
 from .core.files import atomic_write_bytes
@@ -307,7 +308,7 @@ def stage_errors(stage: str):
     except Exception as err:
         if type(err).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch
             raise DeviceError("the GPU ran out of memory; try a smaller --height or --num-frames, or --device cpu") from None
-        if _caused_by_interrupt(err):
+        if _caused_by_interrupt(err) or interrupt.requested():  # after Ctrl-C, its consequence
             raise Cancelled(INTERRUPTED) from None
         raise
 

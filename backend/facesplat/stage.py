@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .core.events import EventWriter
+from . import interrupt
+from .core.events import TERMINAL_STAGES, EventWriter
 
 
 @dataclass
@@ -16,5 +17,7 @@ class StageContext:
     cancel_hooks: list = field(default_factory=list)  # a stage may register callables that stop its work
 
     def emit(self, stage: str, progress: float, message: str, **extra) -> None:
+        if stage not in TERMINAL_STAGES:
+            interrupt.raise_if_requested()  # a Ctrl-C that landed in a C callback and was swallowed
         if self.events is not None:
             self.events.emit(stage, progress, message, **extra)

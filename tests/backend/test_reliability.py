@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import cv2
@@ -17,7 +18,7 @@ import pytest
 
 from facesplat.core.events import read_events
 from facesplat.core.ply import read_splat_ply
-from helpers import run_cli, start_cli, wait_for_event
+from helpers import REPO, run_cli, start_cli, wait_for_event
 from test_cli_errors import assert_clean_failure
 
 S = ["--height", "180", "--num-iters", "150", "--num-frames", "12", "--device", "cpu"]
@@ -337,6 +338,43 @@ def test_an_interrupt_a_library_rewraps_is_still_a_cancel():
     with pytest.raises(RuntimeError, match="C\\+\\+ backend"):
         with stage_errors("sfm"):
             raise RuntimeError("Cannot import the C++ backend")
+
+
+SWALLOWED_INTERRUPT = """
+import ctypes, os, signal
+from facesplat import interrupt
+from facesplat.errors import Cancelled
+from facesplat.pipeline import stage_errors
+from facesplat.stage import StageContext
+interrupt.install()
+# SIGINT arrives inside a Python callback called from C, as it did in llvmlite's object-cache hook
+# while numba compiled the kernels: Python has to drop the KeyboardInterrupt there.
+callback = ctypes.CFUNCTYPE(None)(lambda: os.kill(os.getpid(), signal.SIGINT))
+callback()
+print("went on after the callback")
+try:
+    StageContext().emit("train", 0.1, "step 10")
+except KeyboardInterrupt:
+    print("the next progress event raised the interrupt")
+try:
+    with stage_errors("train"):  # what numba raised next when the interrupt broke its compilation
+        raise RuntimeError("no compiled object yet for <Library '_forward_tile'>")
+except Cancelled as err:
+    print(err)
+"""
+
+
+def test_an_interrupt_swallowed_in_a_c_callback_stops_at_the_next_progress_event():
+    """Seen in CI: Ctrl-C as training started landed in numba's compiler callback and the run
+    trained on, or numba failed later with a traceback. The interrupt must still stop the run at its
+    next progress event, and an error that follows it is the interrupt (exit 130, resumable)."""
+    from facesplat.pipeline import INTERRUPTED
+
+    result = subprocess.run([sys.executable, "-c", SWALLOWED_INTERRUPT], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PYTHONPATH": str(REPO / "backend")})
+    assert result.stderr == ""  # no "Exception ignored ... KeyboardInterrupt" traceback either
+    assert result.stdout.splitlines() == ["went on after the callback", "the next progress event raised the interrupt",
+                                          INTERRUPTED]
 
 
 def test_a_workspace_made_read_only_is_a_one_line_error(finished, tmp_path):
