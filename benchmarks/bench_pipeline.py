@@ -1,7 +1,7 @@
 """Benchmark the whole pipeline on a rendered capture with ground truth (not a test).
 
     python benchmarks/bench_pipeline.py [--capture samples/lps_orbit160]
-        [--height 270] [--num-frames 40] [--num-iters 800] [--device auto] [--workspace DIR]
+        [--height 270] [--num-frames 40] [--num-iters 800] [--device auto] [--workspace DIR] [--preset quick]
     python benchmarks/bench_pipeline.py --base REV [--runs defaults,preview] [--share-prefix] [--device cpu]
 
 Prints per-stage wall time, peak memory, frames registered, Gaussians kept, and, on held-out
@@ -218,6 +218,7 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workspace", type=Path, default=REPO / "runs" / "bench")
     ap.add_argument("--ellipse-masks", action="store_true", help="pass --ellipse-masks to facesplat run")
+    ap.add_argument("--preset", help="pass --preset to facesplat run (--height, --num-iters, --num-frames still win)")
     ap.add_argument("--picture", type=Path, help="write held-out frames above renders of scene.ply and head.ply to this PNG")
     ap.add_argument("--base", help="compare with this git revision's code (side by side; see the docstring)")
     ap.add_argument("--runs", default="defaults,preview", help="with --base: which of " + ", ".join(RUNS))
@@ -229,7 +230,8 @@ def main() -> int:
     video = args.capture / "video.mp4"
     out = args.workspace / "head.ply"
     res = run_pipeline(REPO / "backend", args.capture, args.workspace, args.height, args.num_frames,
-                       args.num_iters, args.device, ["--ellipse-masks"] if args.ellipse_masks else [])
+                       args.num_iters, args.device, (["--ellipse-masks"] if args.ellipse_masks else [])
+                       + (["--preset", args.preset] if args.preset else []))
     wall, peak_mb, report, ws = res["wall"], res["peak_mb"], res["report"], res["ws"]
     held = held_out_metrics(ws, args.capture, video, read_splat_ply(out),
                             read_splat_ply(ws / "scene.ply") if args.picture else None)

@@ -5,7 +5,9 @@ Loss per step (one view, rendered only inside the head's box):
     + bg_alpha_weight * mean(alpha * (1 - mask))  drives opacity to zero off the head
 On the CPU backends only the 16x16 tiles the loss looks at are rendered: those holding head pixels
 (grown by SSIM's window), plus a random share `bg_tile_share` of the box's other tiles, whose
-alpha penalty counts 1 / share, so that the penalty is the same on average.
+alpha penalty counts 1 / share, so that the penalty is the same on average. With
+`fine_pixel_stride` s > 1 (the quick preset) the full-resolution steps render every s-th pixel
+each way from a random phase: the full-resolution image at those pixels, for ~1/s^2 of the work.
 A random background colour each step keeps the head opaque instead of borrowing the background.
 Densification follows the 3DGS rules as gsplat applies them (strategy.py), one Adam optimizer per parameter.
 Each view's camera pose is refined with the Gaussians after a warm-up (pose.py, `cfg.pose_lr`).
@@ -37,7 +39,7 @@ from .gaussians import activated, init_splats, splats_from_params
 from .pose import PoseRefiner
 from .render import rasterize
 from .render.device import backend_for
-from .render.projection import TILE_SIZE
+from .render.projection import TILE_SIZE, strided_camera
 from .stage import StageContext
 from .strategy import scaled_strategy
 from .views import View
@@ -64,8 +66,10 @@ def _train(views: list[View], xyz: np.ndarray, rgb: np.ndarray, cfg: TrainConfig
     rng = np.random.default_rng(cfg.seed)
     tile_rng = np.random.default_rng([cfg.seed, 1])  # its own stream: the views' order stays the seed's
     # gsplat renders every tile anyway; the share only saves work on the CPU backends
-    bg_share = cfg.bg_tile_share if backend_for(device) != "gsplat" else 1.0
-    crops = {}  # (view, downscale) -> crop and its head tiles: computed once
+    on_gpu = backend_for(device) == "gsplat"
+    bg_share = 1.0 if on_gpu else cfg.bg_tile_share
+    fine_stride = 1 if on_gpu else cfg.fine_pixel_stride
+    crops = {}  # (view, downscale, phase) -> sampled_crop(...): computed once
     params = init_splats(xyz, rgb, cfg.sh_degree, device, cfg.init_opacity)
     centers = np.array([v.camera.center for v in views])
     scene_scale = 1.1 * float(np.linalg.norm(centers - centers.mean(0), axis=1).max() or 1.0)
@@ -88,10 +92,11 @@ def _train(views: list[View], xyz: np.ndarray, rgb: np.ndarray, cfg: TrainConfig
         index = order.pop()
         view = views[index]
         downscale = 2 if step < cfg.coarse_fraction * cfg.num_iters else 1
-        if (index, downscale) not in crops:
-            crop = view.crop(downscale=downscale)
-            crops[index, downscale] = (*crop, head_tiles(crop[1]))
-        image, mask, K, w, h, head = crops[index, downscale]
+        stride = fine_stride if downscale == 1 else 1
+        phase = tuple(int(o) for o in tile_rng.integers(stride, size=2)) if stride > 1 else (0, 0)
+        if (index, downscale, phase) not in crops:
+            crops[index, downscale, phase] = sampled_crop(view, downscale, stride, *phase)
+        image, mask, K, w, h, head = crops[index, downscale, phase]
         tile_mask, bg_weight = sample_tiles(head, bg_share, tile_rng, h, w)
         background = torch.rand(3, device=device)
         splats = activated(params)
@@ -99,7 +104,7 @@ def _train(views: list[View], xyz: np.ndarray, rgb: np.ndarray, cfg: TrainConfig
         render, alpha, info = rasterize(
             splats["means"], splats["quats"], splats["scales"], splats["opacities"], splats["colors"],
             viewmat, K, w, h, sh_degree=cfg.sh_degree if step >= sh_start else 0,
-            backgrounds=background, tile_mask=tile_mask)
+            backgrounds=background, tile_mask=tile_mask, pixel_stride=stride)
         strategy.step_pre_backward(params, optimizers, state, step, info)
         loss = head_loss(render, alpha, image, mask, cfg, bg_weight)
         loss.backward()
@@ -174,6 +179,18 @@ def head_tiles(mask: torch.Tensor) -> torch.Tensor:
     ty, tx = math.ceil(h / TILE_SIZE), math.ceil(w / TILE_SIZE)
     head = F.pad(head, (0, tx * TILE_SIZE - w, 0, ty * TILE_SIZE - h))
     return F.max_pool2d(head, TILE_SIZE)[0, 0] > 0
+
+
+def sampled_crop(view: View, downscale: int, stride: int = 1, offset_x: int = 0, offset_y: int = 0):
+    """The view's head crop at 1 / downscale, then its every stride-th pixel each way from the
+    offsets (the camera to render it with: `strided_camera`): (image, mask, K, w, h, head tiles)."""
+    image, mask, K, w, h = view.crop(downscale=downscale)
+    if stride > 1:
+        image = image[offset_y::stride, offset_x::stride].contiguous()
+        mask = mask[offset_y::stride, offset_x::stride].contiguous()
+        K = strided_camera(K, stride, offset_x, offset_y)
+        h, w = image.shape[:2]
+    return image, mask, K, w, h, head_tiles(mask)
 
 
 def sample_tiles(head: torch.Tensor, share: float, rng: np.random.Generator, h: int, w: int):

@@ -38,10 +38,10 @@ def points(ws):
         return data["xyz"], data["rgb"]
 
 
-def train_once(registered, seed: int, num_iters: int = 80) -> tuple[bytes, dict]:
+def train_once(registered, seed: int, num_iters: int = 80, **overrides) -> tuple[bytes, dict]:
     """The train stage on the registered workspace's inputs; returns scene.ply's bytes and the summary."""
     views = load_views(registered, read_cameras_json(registered / "cameras.json"), torch.device("cpu"))
-    result = train(views, *points(registered), TrainConfig(num_iters=num_iters, seed=seed),
+    result = train(views, *points(registered), TrainConfig(num_iters=num_iters, seed=seed, **overrides),
                    StageContext(device=torch.device("cpu")))
     return splats_to_ply_bytes(result.splats), result.summary
 
@@ -55,3 +55,16 @@ def test_same_seed_same_scene(registered):
     assert first == second
     third, _ = train_once(registered, seed=1)
     assert third != first, "the seed drives the run"
+
+
+def test_strided_fine_steps_learn_and_follow_the_seed(registered):
+    """The fine steps at every 2nd pixel (the quick preset): the phases come from the seed too, and
+    the loss falls as with every pixel."""
+    first, summary = train_once(registered, seed=0, fine_pixel_stride=2)
+    second, _ = train_once(registered, seed=0, fine_pixel_stride=2)
+    assert first == second
+    every_pixel, every_summary = train_once(registered, seed=0)
+    assert first != every_pixel
+    losses = summary["train_history"]["loss"]  # every 10 steps; the last 40 of the 80 are the fine ones
+    assert losses[-1] < 0.85 * losses[0], losses
+    assert summary["final_loss"] < 1.25 * every_summary["final_loss"]

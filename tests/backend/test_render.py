@@ -15,7 +15,7 @@ import torch
 
 from facesplat.errors import DeviceError
 from facesplat.render import available_backends, rasterize
-from facesplat.render.projection import TILE_SIZE, bin_tiles, eval_sh, prepare, project_gaussians
+from facesplat.render.projection import TILE_SIZE, bin_tiles, eval_sh, prepare, project_gaussians, strided_camera
 
 BACKENDS = ["torch", "cpu"]
 PARAMS = ("means", "quats", "scales", "opacities", "colors")
@@ -494,3 +494,38 @@ def test_tile_mask_renders_only_its_tiles(backend: str, name: str):
     p = prepare(*(scene[k] for k in ("means", "quats", "scales", "opacities", "colors", "viewmat", "K")),
                 width, height, scene["sh_degree"], tiles)
     assert torch.equal(torch.unique(p.gauss_ids), torch.where(seen)[0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("stride, offset_x, offset_y", [(2, 0, 0), (2, 1, 0), (2, 1, 1), (3, 2, 1)])
+def test_strided_camera_renders_every_stride_th_pixel(backend: str, stride: int, offset_x: int, offset_y: int):
+    """What the CPU trainer's fine steps render (train.py, `fine_pixel_stride`): the full image's
+    pixels (stride v + offset_y, stride u + offset_x), with their gradients, for a loss that reads
+    only those."""
+    scene = build("sh3_background")
+    width, height = scene["width"], scene["height"]
+    rows, cols = slice(offset_y, None, stride), slice(offset_x, None, stride)
+
+    def every_stride_th(fn):
+        def render(**kwargs):
+            out, alpha, means2d = fn(**kwargs)
+            return out[rows, cols], alpha[rows, cols], means2d
+        return render
+
+    def strided(K, width, height, **kwargs):
+        K = strided_camera(K, stride, offset_x, offset_y)
+        w, h = len(range(offset_x, width, stride)), len(range(offset_y, height, stride))
+        render, alpha, info = rasterize(K=K, width=w, height=h, **kwargs, backend=backend, pixel_stride=stride)
+        return render, alpha, info["means2d"]
+
+    ref_render, ref_alpha, ref_grads = render_with_grads(every_stride_th(reference_rasterize), scene)
+    render, alpha, grads = render_with_grads(strided, scene)
+    assert render.shape[:2] == ref_render.shape[:2] == (len(range(offset_y, height, stride)),
+                                                       len(range(offset_x, width, stride)))
+    assert ref_alpha.max() > 0.5
+    torch.testing.assert_close(render, ref_render, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(alpha, ref_alpha, rtol=1e-9, atol=1e-10)
+    for key, ref in ref_grads.items():
+        if key == "means2d":  # in the strided camera's pixels: stride times the full camera's
+            ref = ref * stride
+        torch.testing.assert_close(grads[key], ref, rtol=1e-7, atol=1e-9, msg=lambda m: f"d/d{key}: {m}")

@@ -20,7 +20,7 @@ from facesplat.errors import DeviceError
 from facesplat.isolate import select_head, visibility_stats
 from facesplat.render.device import backend_for, choose_device
 from facesplat.stage import StageContext
-from facesplat.train import head_loss, head_tiles, sample_tiles, ssim
+from facesplat.train import head_loss, head_tiles, sample_tiles, sampled_crop, ssim
 from facesplat.views import View
 from facesplat.workspace import Workspace
 
@@ -182,6 +182,30 @@ def test_sampled_background_tiles_keep_the_alpha_penalty_on_average():
         shares.append(float(tiles[~head].float().mean()))
     assert np.mean(shares) == pytest.approx(0.25, abs=0.03)
     assert np.mean(losses) == pytest.approx(float(full), rel=0.03)
+
+
+def test_the_fine_steps_strided_crops_partition_the_full_crop():
+    """The stride^2 phases of `sampled_crop` together hold each pixel of the full-resolution crop
+    exactly once, with its mask value, and their cameras are the crop's camera seen at those pixels."""
+    cam = camera([0.0, -1.0, 0.2], width=53, height=38)
+    view = view_with_centre_mask(cam)
+    view.image = torch.rand(cam.height, cam.width, 3, generator=torch.Generator().manual_seed(4))
+    view.box = (3, 2, 50, 37)  # an odd-sized box: the phases differ in size
+    image, mask, K, w, h = view.crop()
+    seen = torch.zeros(h, w, dtype=torch.int64)
+    for oy in range(2):
+        for ox in range(2):
+            part, part_mask, part_K, pw, ph, tiles = sampled_crop(view, 1, 2, ox, oy)
+            assert part.shape == (ph, pw, 3) and (pw, ph) == (len(range(ox, w, 2)), len(range(oy, h, 2)))
+            assert torch.equal(part, image[oy::2, ox::2]) and torch.equal(part_mask, mask[oy::2, ox::2])
+            assert torch.equal(tiles, head_tiles(part_mask))
+            # the fine pixel (2u + ox, 2v + oy)'s centre lands on the strided pixel (u, v)'s centre
+            x = (2 * torch.arange(pw) + ox + 0.5 - K[0, 2]) / K[0, 0]  # the fine pixel centres' rays
+            y = (2 * torch.arange(ph) + oy + 0.5 - K[1, 2]) / K[1, 1]
+            torch.testing.assert_close(part_K[0, 0] * x + part_K[0, 2], torch.arange(pw) + 0.5)
+            torch.testing.assert_close(part_K[1, 1] * y + part_K[1, 2], torch.arange(ph) + 0.5)
+            seen[oy::2, ox::2] += 1
+    assert torch.equal(seen, torch.ones_like(seen))
 
 
 # --- isolation vote ------------------------------------------------------------------------------

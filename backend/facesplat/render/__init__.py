@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DeviceError
-from .projection import make_info, prepare
+from .projection import EPS2D, make_info, prepare
 
 BACKENDS = ("gsplat", "cpu", "torch")
 _DEVICE_OF = {"gsplat": "cuda", "cpu": "cpu"}  # the torch backend runs on any device
@@ -61,6 +61,7 @@ def rasterize(
     backgrounds: Tensor | None = None,  # [D] composited behind: image = sum w c + T * bg
     backend: str = "auto",  # "auto" | "gsplat" | "cpu" | "torch"
     tile_mask: Tensor | None = None,  # [ceil(H/16), ceil(W/16)] bool: render only these 16x16 tiles
+    pixel_stride: int = 1,  # K samples every this-many-th pixel of a finer camera (strided_camera)
 ) -> tuple[Tensor, Tensor, dict]:
     """Render one view. Returns render [H, W, D], alpha [H, W, 1] and gsplat's `info`:
     means2d [1, N, 2] (in the graph; call .retain_grad() before backward), radii [1, N, 2] int32
@@ -73,6 +74,9 @@ def rasterize(
     no gradient, and Gaussians drawn in no selected tile report radii 0. gsplat renders every
     tile regardless (on a GPU the saving is not worth a second code path): a caller must weigh
     its loss so that the pixels outside the mask do not count.
+
+    `pixel_stride` s: K is `strided_camera(K_fine, s, ...)`, and the image is exactly the fine
+    camera's image at every s-th pixel (its pixel blur, EPS2D fine pixels^2, is EPS2D / s^2 here).
     """
     N = means.shape[0]
     assert means.shape == (N, 3), means.shape
@@ -106,13 +110,14 @@ def rasterize(
         from . import gsplat_backend
 
         return gsplat_backend.rasterize(means, quats, scales, opacities, colors, viewmat, K, width, height,
-                                        sh_degree, backgrounds)
+                                        sh_degree, backgrounds, eps2d=EPS2D / pixel_stride ** 2)
     # cpu and torch share the PyTorch projection and binning; only the compositing differs.
     if backend == "cpu":
         from .cpu_backend import composite
     else:
         from .torch_backend import composite
-    p = prepare(means, quats, scales, opacities, colors, viewmat, K, width, height, sh_degree, tile_mask)
+    p = prepare(means, quats, scales, opacities, colors, viewmat, K, width, height, sh_degree, tile_mask,
+                eps2d=EPS2D / pixel_stride ** 2)
     render, alpha = composite(p.means2d[0], p.conics, p.opacities, p.features, p.tile_offsets, p.gauss_ids,
                               width, height, backgrounds)
     return render, alpha, make_info(p, width, height)

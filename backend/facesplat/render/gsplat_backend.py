@@ -28,13 +28,14 @@ def rasterize(
     height: int,
     sh_degree: int | None = None,
     backgrounds: Tensor | None = None,  # [D]
+    eps2d: float = EPS2D,
 ) -> tuple[Tensor, Tensor, dict]:  # [H, W, D], [H, W, 1], info
     import gsplat
 
     render, alpha, meta = gsplat.rasterization(
         means, quats, scales, opacities, colors,
         viewmat[None], K[None], width, height,
-        near_plane=NEAR_PLANE, eps2d=EPS2D, sh_degree=sh_degree,
+        near_plane=NEAR_PLANE, eps2d=eps2d, sh_degree=sh_degree,
         backgrounds=None if backgrounds is None else backgrounds[None],
         packed=False,  # info in the [C, N, ...] layout that DefaultStrategy reads by default
     )  # fmt: skip

@@ -50,6 +50,17 @@ class Projected(NamedTuple):
     gauss_ids: Tensor  # [M] int64 Gaussian of each (tile, Gaussian) pair, front to back within a tile
 
 
+def strided_camera(K: Tensor, stride: int, offset_x: int, offset_y: int) -> Tensor:
+    """Intrinsics whose pixel (u, v) is the pixel (stride u + offset_x, stride v + offset_y) of the
+    camera K (a fine pixel's centre stride u + offset + 0.5 lands on u + 0.5). Rendered with
+    `rasterize(..., pixel_stride=stride)` it gives the fine image's values at those pixels."""
+    Ks = K.clone()
+    Ks[0, 0], Ks[1, 1] = K[0, 0] / stride, K[1, 1] / stride
+    Ks[0, 2] = (K[0, 2] - offset_x - 0.5) / stride + 0.5
+    Ks[1, 2] = (K[1, 2] - offset_y - 0.5) / stride + 0.5
+    return Ks
+
+
 def quat_scale_to_covar(
     quats: Tensor,  # [N, 4] w, x, y, z (any norm)
     scales: Tensor,  # [N, 3]
@@ -77,8 +88,10 @@ def project_gaussians(
     K: Tensor,  # [3, 3]
     width: int,
     height: int,
+    eps2d: float = EPS2D,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """EWA splatting: returns means2d [N, 2], conics [N, 3], depths [N], radii [N, 2] int32."""
+    """EWA splatting: returns means2d [N, 2], conics [N, 3], depths [N], radii [N, 2] int32.
+    `eps2d` is the blur added to the 2D covariance, in this camera's pixels squared."""
     R, t = viewmat[:3, :3], viewmat[:3, 3]
     means_c = means @ R.T + t  # [N, 3]
     covars_c = R @ quat_scale_to_covar(quats, scales) @ R.T  # [N, 3, 3]
@@ -99,7 +112,7 @@ def project_gaussians(
     zero = torch.zeros_like(tz)
     J = torch.stack([fx / tz, zero, -fx * u / tz, zero, fy / tz, -fy * v / tz], dim=-1).reshape(-1, 2, 3)
     cov2d = J @ covars_c @ J.transpose(1, 2)  # [N, 2, 2]
-    cov2d = cov2d + EPS2D * torch.eye(2, dtype=cov2d.dtype, device=cov2d.device)
+    cov2d = cov2d + eps2d * torch.eye(2, dtype=cov2d.dtype, device=cov2d.device)
 
     c00, c01, c11 = cov2d[:, 0, 0], 0.5 * (cov2d[:, 0, 1] + cov2d[:, 1, 0]), cov2d[:, 1, 1]
     det = c00 * c11 - c01 * c01  # [N]
@@ -201,11 +214,12 @@ def prepare(
     height: int,
     sh_degree: int | None,
     tile_mask: Tensor | None = None,
+    eps2d: float = EPS2D,
 ) -> Projected:
     """Project, colour and bin the Gaussians: everything before compositing. With `tile_mask`
     only those tiles are binned, and a Gaussian drawn in none of them gets radii 0 (not seen in
     this view, as far as densification's statistics go)."""
-    means2d, conics, depths, radii = project_gaussians(means, quats, scales, opacities, viewmat, K, width, height)
+    means2d, conics, depths, radii = project_gaussians(means, quats, scales, opacities, viewmat, K, width, height, eps2d)
     if sh_degree is None:
         features = colors
     else:
