@@ -1,7 +1,8 @@
 """Benchmark the whole pipeline on a rendered capture with ground truth (not a test).
 
     python benchmarks/bench_pipeline.py [--capture samples/lps_orbit160]
-        [--height 270] [--num-frames 40] [--num-iters 800] [--device auto] [--workspace DIR] [--preset quick]
+        [--preset preview] [--height 270] [--num-frames 40] [--num-iters 800] [--device auto] [--workspace DIR]
+    python benchmarks/bench_pipeline.py --preset standard --height 540 --num-iters 3000   # the defaults
     python benchmarks/bench_pipeline.py --base REV [--runs defaults,preview] [--share-prefix] [--device cpu]
 
 Prints per-stage wall time, peak memory, frames registered, Gaussians kept, and, on held-out
@@ -132,7 +133,7 @@ def held_out_metrics(ws: Path, capture: Path, video: Path, splats, scene=None) -
             "frames": len(psnrs), "fit_error": fit_error, "sheet": sheet}
 
 
-RUNS = {"defaults": (540, 3000), "preview": (270, 800)}  # height, steps
+RUNS = {"defaults": (540, 3000, "standard"), "preview": (270, 800, "preview")}  # height, steps, preset
 
 
 def run_pipeline(backend: Path, capture: Path, root: Path, height: int, num_frames: int, num_iters: int,
@@ -167,7 +168,7 @@ def compare(args) -> int:
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         versions = [(f"base {args.base}", Path(tmp) / "backend"), ("this", REPO / "backend")]
         for name in args.runs.split(","):
-            height, iters = RUNS[name]
+            height, iters, preset = RUNS[name]
             results = []
             for k, (label, backend) in enumerate(versions):
                 root = args.workspace / f"{name}_{'base' if k == 0 else 'this'}"
@@ -176,7 +177,8 @@ def compare(args) -> int:
                 if k == 1 and args.share_prefix:
                     shutil.copytree(results[0]["ws"], root / "ws")
                 print(f"\n=== {name} ({height} px, {iters} steps), {label} ===", flush=True)
-                res = run_pipeline(backend, args.capture, root, height, args.num_frames, iters, args.device)
+                res = run_pipeline(backend, args.capture, root, height, args.num_frames, iters, args.device,
+                                   ["--preset", preset])
                 held = held_out_metrics(res["ws"], args.capture, args.capture / "video.mp4", read_splat_ply(res["out"]))
                 res.update(psnr=held["psnr"], fog=held["fog"], frames=held["frames"])
                 results.append(res)
@@ -212,13 +214,14 @@ def compare(args) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--capture", type=Path, default=REPO / "samples" / "lps_orbit160")
-    ap.add_argument("--height", type=int, default=270)
+    ap.add_argument("--height", type=int, default=270, help="(the preview's; 540 with --preset standard)")
     ap.add_argument("--num-frames", type=int, default=40)
     ap.add_argument("--num-iters", type=int, default=800)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workspace", type=Path, default=REPO / "runs" / "bench")
     ap.add_argument("--ellipse-masks", action="store_true", help="pass --ellipse-masks to facesplat run")
-    ap.add_argument("--preset", help="pass --preset to facesplat run (--height, --num-iters, --num-frames still win)")
+    ap.add_argument("--preset", default="preview",
+                    help="passed to facesplat run; --height, --num-iters, --num-frames still win (standard: the defaults)")
     ap.add_argument("--picture", type=Path, help="write held-out frames above renders of scene.ply and head.ply to this PNG")
     ap.add_argument("--base", help="compare with this git revision's code (side by side; see the docstring)")
     ap.add_argument("--runs", default="defaults,preview", help="with --base: which of " + ", ".join(RUNS))
@@ -231,11 +234,11 @@ def main() -> int:
     out = args.workspace / "head.ply"
     res = run_pipeline(REPO / "backend", args.capture, args.workspace, args.height, args.num_frames,
                        args.num_iters, args.device, (["--ellipse-masks"] if args.ellipse_masks else [])
-                       + (["--preset", args.preset] if args.preset else []))
+                       + ["--preset", args.preset])
     wall, peak_mb, report, ws = res["wall"], res["peak_mb"], res["report"], res["ws"]
     held = held_out_metrics(ws, args.capture, video, read_splat_ply(out),
                             read_splat_ply(ws / "scene.ply") if args.picture else None)
-    print(f"\ncapture {args.capture.name}: {args.num_frames} frames at {args.height} px, {args.num_iters} steps, "
+    print(f"\ncapture {args.capture.name}: preset {args.preset}, {args.num_frames} frames at {args.height} px, {args.num_iters} steps, "
           f"device {args.device}, renderer {report.get('renderer')}")
     for stage, seconds in report["stage_seconds"].items():
         print(f"  {stage:8s} {seconds:8.1f} s")

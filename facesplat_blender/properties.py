@@ -64,8 +64,9 @@ def _setting_property(name: str, option: dict):
 
 
 def _label(key: str) -> str:
-    """The panel's label of a config key ('train.max_gaussians' when the panel does not show it)."""
-    return next((PRESENTATION[name]["name"] for name, k in SETTINGS.items() if k == key), key)
+    """The panel's label of a config key ('max gaussians' for train.max_gaussians, which it does not show)."""
+    return next((PRESENTATION[name]["name"] for name, k in SETTINGS.items() if k == key),
+                key.split(".")[-1].replace("_", " "))
 
 
 def _preset_item(name: str) -> tuple[str, str, str]:

@@ -7,4 +7,4 @@ bash scripts/setup.sh
 . .venv/bin/activate
 VIDEO=${VIDEO:-samples/lps_orbit160/video.mp4}
 facesplat run --video "$VIDEO" --output runs/lps_orbit160/head.ply \
-    --workspace runs/lps_orbit160/workspace --height 270 --num-iters 800 --device auto "$@"
+    --workspace runs/lps_orbit160/workspace --preset preview --device auto "$@"

@@ -6,7 +6,7 @@ Loss per step (one view, rendered only inside the head's box):
 On the CPU backends only the 16x16 tiles the loss looks at are rendered: those holding head pixels
 (grown by SSIM's window), plus a random share `bg_tile_share` of the box's other tiles, whose
 alpha penalty counts 1 / share, so that the penalty is the same on average. With
-`fine_pixel_stride` s > 1 (the quick preset) the full-resolution steps render every s-th pixel
+`fine_pixel_stride` s > 1 (the default: 2) the full-resolution steps render every s-th pixel
 each way from a random phase: the full-resolution image at those pixels, for ~1/s^2 of the work.
 A random background colour each step keeps the head opaque instead of borrowing the background.
 Densification follows the 3DGS rules as gsplat applies them (strategy.py), one Adam optimizer per parameter.
