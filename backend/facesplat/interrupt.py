@@ -4,9 +4,10 @@ resumable stop.
 The handler raises KeyboardInterrupt wherever the main thread is. Where that is a Python callback
 called from C, the interrupt is lost: llvmlite's object-cache hook, which runs while numba compiles
 the CPU kernels at the start of training, prints "Exception ignored on calling ctypes callback
-function ... KeyboardInterrupt" and training goes on, or numba fails later ("no compiled object yet"). So the handler also
-remembers the request: every progress event (`StageContext.emit`) raises it again, and an error
-that follows it is taken as the interrupt's consequence (`pipeline.stage_errors`).
+function ... KeyboardInterrupt" and training goes on, or numba fails later ("no compiled object
+yet"). So the handler also remembers the request: every progress event (`StageContext.emit`)
+raises it again, and an error that follows it is taken as the interrupt's consequence
+(`pipeline.stage_errors`).
 """
 
 from __future__ import annotations
