@@ -26,7 +26,8 @@ def _rna(prop) -> dict:
     elif prop.type == "BOOLEAN":
         out["default"] = prop.default
     elif prop.type == "ENUM":
-        out.update(default=prop.default, choices=[item.identifier for item in prop.enum_items])
+        out.update(default=prop.default, choices=[item.identifier for item in prop.enum_items],
+                   item_descriptions={item.identifier: item.description for item in prop.enum_items})
     return out
 
 
@@ -105,6 +106,11 @@ def test_the_panels_settings_show_the_clis_defaults_bounds_and_choices(in_blende
             if option[bound] is not None:
                 assert f32(prop[bound]) == f32(option[bound]), (name, bound, prop[bound], option[bound])
     assert definitions["preset"]["choices"] == list(PRESETS)
+    # a preset's description names what it changes; the knobs the panel does not show, in words
+    preview = definitions["preset"]["item_descriptions"]["preview"]
+    hidden = [key for key in PRESETS["preview"] if key not in SETTINGS.values()]
+    assert hidden and all(f"{key.split('.')[1].replace('_', ' ')} {PRESETS['preview'][key]}" in preview
+                          for key in hidden), preview
 
 
 def test_the_run_buttons_command_is_what_the_cli_would_run(in_blender):
