@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from facesplat.errors import DeviceError
-from facesplat.render import available_backends, rasterize
+from facesplat.render import available_backends, cpu_projection, projection, rasterize
 from facesplat.render.projection import TILE_SIZE, bin_tiles, eval_sh, prepare, project_gaussians, strided_camera
 
 BACKENDS = ["torch", "cpu"]
@@ -168,6 +168,7 @@ SCENES = {
     "sh1": (30, 40, 24, 3, 1, 3, False, False),
     "opaque_stack_2ch": (40, 32, 32, 4, None, 2, True, True),
     "four_features": (25, 48, 40, 5, None, 4, False, True),
+    "sh0_background": (20, 32, 24, 6, 0, 3, False, True),  # the training's first quarter
 }
 
 
@@ -265,6 +266,80 @@ def test_binning_drops_no_drawn_pixel():
     for t in range(n_tiles):
         ids = gauss_ids[tile_offsets[t] : tile_offsets[t + 1]]
         assert (depths[ids].diff() >= 0).all()
+
+
+def off_side_scene(sh_degree: int) -> dict:
+    """make_scene plus large Gaussians far off both sides, whose boxes still reach into the image:
+    their EWA Jacobian is taken at the clamped point (projection.py)."""
+    scene = make_scene(60, 48, 40, seed=11, sh_degree=sh_degree)
+    viewmat, K = scene["viewmat"], scene["K"]
+    R, t = viewmat[:3, :3], viewmat[:3, 3]
+    u = torch.tensor([-1.2, -1.0, 1.0, 1.3], dtype=torch.float64) * 48 / K[0, 0]
+    cam = torch.stack([u * 2.0, torch.zeros(4, dtype=torch.float64), torch.full((4,), 2.0, dtype=torch.float64)], -1)
+    g = torch.Generator().manual_seed(3)
+    scene["means"] = torch.cat([scene["means"], (cam - t) @ R])
+    scene["quats"] = torch.cat([scene["quats"], torch.randn(4, 4, generator=g, dtype=torch.float64)])
+    scene["scales"] = torch.cat([scene["scales"], torch.full((4, 3), 0.6, dtype=torch.float64)])
+    scene["opacities"] = torch.cat([scene["opacities"], torch.full((4,), 0.9, dtype=torch.float64)])
+    scene["colors"] = torch.cat([scene["colors"], 0.5 * torch.randn(4, *scene["colors"].shape[1:], generator=g,
+                                                                    dtype=torch.float64)])
+    return scene
+
+
+@pytest.mark.parametrize("sh_degree", [0, 1, 2])
+@pytest.mark.parametrize("tiles", ["all", "checkerboard"])
+def test_compiled_projection_matches_pytorch(sh_degree: int, tiles: str):
+    """cpu_projection.prepare (numba, analytic backward) against projection.prepare (PyTorch,
+    autograd): the same centres, conics, depths, radii, colours and tile lists, and the same
+    gradients of means, quats, scales, SH and the viewmat, Gaussians at the clamped Jacobian
+    included. Degree 2 takes eval_sh's route for the colours."""
+    scene = off_side_scene(sh_degree)
+    width, height = scene["width"], scene["height"]
+    tile_mask = None if tiles == "all" else checkerboard_tiles(width, height)
+    lim = (width - scene["K"][0, 2]) / scene["K"][0, 0] + 0.15 * width / scene["K"][0, 0]
+    outputs, grads = {}, {}
+    for name, module in (("numba", cpu_projection), ("torch", projection)):
+        inputs = {k: scene[k].clone().requires_grad_() for k in ("means", "quats", "scales", "colors", "viewmat")}
+        p = module.prepare(inputs["means"], inputs["quats"], inputs["scales"], scene["opacities"], inputs["colors"],
+                           inputs["viewmat"], scene["K"], width, height, sh_degree, tile_mask)
+        shown = (p.radii > 0).all(-1)  # the compositor gives the others no gradient
+        g = torch.Generator().manual_seed(5)
+        loss = sum((x * torch.rand(x.shape, generator=g, dtype=torch.float64) * shown.reshape(-1, *[1] * (x.dim() - 1)))
+                   .sum() for x in (p.means2d[0], p.conics, p.features))
+        loss.backward()
+        outputs[name], grads[name] = p, {k: v.grad for k, v in inputs.items()}
+    numba_p, torch_p = outputs["numba"], outputs["torch"]
+    cam = scene["means"] @ scene["viewmat"][:3, :3].T + scene["viewmat"][:3, 3]
+    clamped = (cam[:, 0] / cam[:, 2]).abs() > lim
+    assert (clamped & (torch_p.radii > 0).all(-1)).sum() >= 2, "the scene should show Gaussians at the clamp"
+    assert torch.equal(numba_p.radii, torch_p.radii)
+    assert torch.equal(numba_p.tile_offsets, torch_p.tile_offsets) and torch.equal(numba_p.gauss_ids, torch_p.gauss_ids)
+    for key in ("means2d", "conics", "features"):
+        torch.testing.assert_close(getattr(numba_p, key), getattr(torch_p, key), rtol=1e-10, atol=1e-12,
+                                   msg=lambda m: f"{key}: {m}")
+    torch.testing.assert_close(numba_p.depths, torch_p.depths, rtol=1e-12, atol=1e-12)
+    for key, ref in grads["torch"].items():
+        assert ref.abs().max() > 0, key
+        torch.testing.assert_close(grads["numba"][key], ref, rtol=1e-8, atol=1e-10, msg=lambda m: f"d/d{key}: {m}")
+
+
+def test_compiled_binning_matches_pytorch():
+    """The counting sort lists the same (tile, Gaussian) pairs in the same order as the key sort,
+    for float32 centres (the training's) with a tile mask, ties in depth included."""
+    g = torch.Generator().manual_seed(2)
+    n, width, height = 3000, 200, 150
+    means2d = (torch.rand(n, 2, generator=g) * torch.tensor([260.0, 200.0]) - 30.0).float()
+    radii = torch.randint(0, 40, (n, 2), generator=g, dtype=torch.int32)
+    depths = torch.randint(0, 50, (n,), generator=g).float()  # many ties: the order must stay stable
+    tile_mask = torch.rand(math.ceil(height / TILE_SIZE), math.ceil(width / TILE_SIZE), generator=g) < 0.5
+    for mask in (None, tile_mask):
+        offsets, ids = bin_tiles(means2d, radii, depths, width, height, tile_mask=mask)
+        c_offsets, c_ids, drawn = cpu_projection.bin_tiles(means2d, radii, depths, width, height, mask)
+        assert ids.numel() > 2 * n  # boxes over several tiles
+        assert torch.equal(c_offsets, offsets) and torch.equal(c_ids, ids)
+        expected = torch.zeros(n, dtype=torch.bool)
+        expected[ids] = True
+        assert torch.equal(torch.from_numpy(drawn), expected)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,7 +1,7 @@
 """Differentiable Gaussian rasterization: one call, several backends.
 
 - "gsplat": gsplat's CUDA kernels (CUDA tensors, gsplat installed);
-- "cpu": numba kernels with an analytic backward (CPU tensors);
+- "cpu": numba kernels with analytic backwards, projection to compositing (CPU tensors);
 - "torch": plain PyTorch with autograd; the reference, and the route on Apple MPS.
 
 All three follow gsplat's conventions (see `projection.py`) and return gsplat's unpacked `info`,
@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DeviceError
-from .projection import EPS2D, make_info, prepare
+from .projection import EPS2D, make_info
 
 BACKENDS = ("gsplat", "cpu", "torch")
 _DEVICE_OF = {"gsplat": "cuda", "cpu": "cpu"}  # the torch backend runs on any device
@@ -111,10 +111,11 @@ def rasterize(
 
         return gsplat_backend.rasterize(means, quats, scales, opacities, colors, viewmat, K, width, height,
                                         sh_degree, backgrounds, eps2d=EPS2D / pixel_stride ** 2)
-    # cpu and torch share the PyTorch projection and binning; only the compositing differs.
-    if backend == "cpu":
+    if backend == "cpu":  # numba kernels throughout
         from .cpu_backend import composite
-    else:
+        from .cpu_projection import prepare
+    else:  # plain PyTorch: projection.py and torch_backend.py
+        from .projection import prepare
         from .torch_backend import composite
     p = prepare(means, quats, scales, opacities, colors, viewmat, K, width, height, sh_degree, tile_mask,
                 eps2d=EPS2D / pixel_stride ** 2)

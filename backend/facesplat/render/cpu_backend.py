@@ -1,8 +1,7 @@
 """Compiled CPU rasterizer: numba kernels for compositing, forward and analytic backward.
 
-Projection, SH and binning are the shared PyTorch code (autograd differentiates them); only the
-per-pixel compositing, the part PyTorch does slowly, is compiled. Each kernel runs `prange` over
-16x16 tiles, one tile per thread at a time, and walks each pixel's depth-sorted list:
+Projection, SH and binning before it are compiled too (cpu_projection.py). Each kernel here runs
+`prange` over 16x16 tiles, one tile per thread at a time, and walks each pixel's depth-sorted list:
 
 - forward, front to back, with the per-pixel rules of gsplat's CUDA kernel: skip alpha < 1/255, clamp alpha to
   0.99, stop before the Gaussian that would leave T <= 1e-4. It saves per pixel the final T and

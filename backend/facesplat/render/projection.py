@@ -1,4 +1,7 @@
-"""Shared PyTorch steps of every non-gsplat backend: EWA projection, SH colours, tile binning.
+"""The PyTorch steps before compositing: EWA projection, SH colours, tile binning.
+
+The "torch" backend uses them as they are (autograd differentiates them); the "cpu" backend runs
+the same maths in numba kernels (cpu_projection.py), tested against these.
 
 Conventions follow gsplat 1.5.3 (`fully_fused_projection` in its CUDA code, `_torch_impl.py`),
 so that all backends draw the same image:
