@@ -13,7 +13,8 @@ silhouette and the fog: rendered alpha where the truth has no bust.
 With `--base REV` it runs each of `--runs` (defaults: 540 px, 3000 steps, the Blender panel's;
 preview: 270 px, 800 steps) twice, with the code of git revision REV (exported by `git archive`)
 and with this checkout's, one after the other, and prints them side by side with the ratios of
-wall and CPU time (the machine is shared: ratios mean more than times). Both are scored by this
+wall and CPU time (the machine is shared: ratios mean more than times). Both versions' numba
+kernels are compiled before either is timed. Both are scored by this
 checkout's held-out metrics. `--share-prefix` runs frames, faces, sfm and masks once, with the
 base's code, and copies that workspace for this checkout's run, so that only train and isolate
 run again (their markers hash the train config, which differs) and both train on the same SfM.
@@ -156,6 +157,30 @@ def run_pipeline(backend: Path, capture: Path, root: Path, height: int, num_fram
             "peak_mb": after.ru_maxrss / 1024, "report": report, "ws": root / "ws", "out": out}
 
 
+WARM_UP = """
+import torch
+from facesplat.render import rasterize
+torch.manual_seed(0)
+n = 200
+for sh_degree in (0, 1):
+    params = [torch.rand(n, 3) + torch.tensor([0.0, 0.0, 2.0]), torch.randn(n, 4), 0.05 * torch.rand(n, 3),
+              torch.rand(n), torch.rand(n, 4, 3)]
+    for p in params:
+        p.requires_grad_()
+    K = torch.tensor([[60.0, 0, 32], [0, 60.0, 32], [0, 0, 1]])
+    render, alpha, _ = rasterize(*params, torch.eye(4), K, 64, 64, sh_degree=sh_degree,
+                                 backgrounds=torch.rand(3), tile_mask=torch.ones(4, 4, dtype=torch.bool))
+    (render.sum() + alpha.sum()).backward()
+"""
+
+
+def warm_kernels(backend: Path) -> None:
+    """Compile (and cache) the version's numba kernels before it is timed: a fresh checkout or
+    `git archive` export compiles them in its first training otherwise (tens of seconds)."""
+    subprocess.run([sys.executable, "-c", WARM_UP], env={**__import__("os").environ, "PYTHONPATH": str(backend)},
+                   check=True)
+
+
 def compare(args) -> int:
     """Each of args.runs with the base revision's code and with this checkout's, side by side."""
     import shutil
@@ -167,6 +192,8 @@ def compare(args) -> int:
                                  capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         versions = [(f"base {args.base}", Path(tmp) / "backend"), ("this", REPO / "backend")]
+        for _, backend in versions:
+            warm_kernels(backend)
         for name in args.runs.split(","):
             height, iters, preset = RUNS[name]
             results = []
