@@ -135,6 +135,7 @@ def _arrays(means, quats, scales, coeffs, viewmat, K) -> tuple[np.ndarray, ...]:
 
 
 # Small dense products with plain loops: numba's `@` calls BLAS, ~1 us a call, 10 calls a Gaussian.
+# Transposes are passed as views (A.T).
 @njit(cache=True)
 def _mm(A, B, out):  # out = A B
     for i in range(out.shape[0]):
@@ -142,26 +143,6 @@ def _mm(A, B, out):  # out = A B
             s = 0.0
             for k in range(A.shape[1]):
                 s += A[i, k] * B[k, j]
-            out[i, j] = s
-
-
-@njit(cache=True)
-def _mm_bt(A, B, out):  # out = A B^T
-    for i in range(out.shape[0]):
-        for j in range(out.shape[1]):
-            s = 0.0
-            for k in range(A.shape[1]):
-                s += A[i, k] * B[j, k]
-            out[i, j] = s
-
-
-@njit(cache=True)
-def _mm_at(A, B, out):  # out = A^T B
-    for i in range(out.shape[0]):
-        for j in range(out.shape[1]):
-            s = 0.0
-            for k in range(A.shape[0]):
-                s += A[k, i] * B[k, j]
             out[i, j] = s
 
 
@@ -178,7 +159,7 @@ def _camera_covariance(quat, scale, Rw, Rq, M, RM, cov_c):
         for j in range(3):
             M[i, j] = Rq[i, j] * scale[j]
     _mm(Rw, M, RM)
-    _mm_bt(RM, RM, cov_c)
+    _mm(RM, RM.T, cov_c)
     return norm, qw, qx, qy, qz
 
 
@@ -245,7 +226,7 @@ def _forward_kernel(means, quats, scales, coeffs, Rw, t, intr, opacities, width,
             _camera_covariance(quats[i], scales[i], Rw, Rq, M, RM, cov_c)
             _jacobian(tx, ty, tz, intr, width, height, J)
             _mm(J, cov_c, JC)
-            _mm_bt(JC, J, cov2d)
+            _mm(JC, J.T, cov2d)
             c00, c01, c11 = cov2d[0, 0] + eps2d, cov2d[0, 1], cov2d[1, 1] + eps2d
             det = c00 * c11 - c01 * c01
             visible = in_front and det > 0 and opacities[i] > ALPHA_MIN
@@ -291,7 +272,7 @@ def _backward_kernel(means, quats, scales, coeffs, Rw, t, intr, radii, width, he
             norm, qw, qx, qy, qz = _camera_covariance(quats[i], scales[i], Rw, Rq, M, RM, cov_c)
             u, v, u_free, v_free = _jacobian(tx, ty, tz, intr, width, height, J)
             _mm(J, cov_c, JC)
-            _mm_bt(JC, J, cov2d)
+            _mm(JC, J.T, cov2d)
             c00, c01, c11 = cov2d[0, 0] + eps2d, cov2d[0, 1], cov2d[1, 1] + eps2d
             det = c00 * c11 - c01 * c01
             det2 = det * det
@@ -307,12 +288,12 @@ def _backward_kernel(means, quats, scales, coeffs, Rw, t, intr, radii, width, he
             for r in range(2):
                 for c in range(3):
                     v_J[r, c] *= 2.0
-            _mm_at(J, SJ, v_cov_c)
+            _mm(J.T, SJ, v_cov_c)
             # cov_c = Rw sigma Rw^T, sigma = M M^T: v_Rw += 2 v_cov_c Rw sigma, v_M = 2 Rw^T v_cov_c Rw M
-            _mm_bt(M, M, sigma)
+            _mm(M, M.T, sigma)
             _mm(v_cov_c, Rw, A)
             _mm(A, sigma, B)
-            _mm_at(Rw, A, sigma)  # sigma now holds Rw^T v_cov_c Rw
+            _mm(Rw.T, A, sigma)  # sigma now holds Rw^T v_cov_c Rw
             _mm(sigma, M, v_M)
             for r in range(3):
                 for c in range(3):
