@@ -187,6 +187,27 @@ def _jacobian(tx, ty, tz, intr, width, height, J):
 
 
 @njit(cache=True)
+def _camera_centre(Rw, t):
+    """-Rw^T t: the camera's centre in world coordinates."""
+    campos = np.zeros(3)
+    for r in range(3):
+        campos[r] = -(Rw[0, r] * t[0] + Rw[1, r] * t[1] + Rw[2, r] * t[2])
+    return campos
+
+
+@njit(cache=True)
+def _screen_covariance(quat, scale, Rw, intr, tx, ty, tz, width, height, eps2d, Rq, M, RM, cov_c, J, JC, cov2d):
+    """cov2d = J cov_c J^T + eps2d I for a Gaussian at camera-space (tx, ty, tz), filling the
+    scratch arrays on the way (the backward reads them). Returns (c00, c01, c11), the quaternion's
+    norm and unit components (`_camera_covariance`), and `_jacobian`'s u, v, u_free, v_free."""
+    norm, qw, qx, qy, qz = _camera_covariance(quat, scale, Rw, Rq, M, RM, cov_c)
+    u, v, u_free, v_free = _jacobian(tx, ty, tz, intr, width, height, J)
+    _mm(J, cov_c, JC)
+    _mm(JC, J.T, cov2d)
+    return (cov2d[0, 0] + eps2d, cov2d[0, 1], cov2d[1, 1] + eps2d), (norm, qw, qx, qy, qz), (u, v, u_free, v_free)
+
+
+@njit(cache=True)
 def _sh_direction(p, campos):
     """Unit direction from the camera centre to p, and the distance (F.normalize's eps)."""
     dx, dy, dz = p[0] - campos[0], p[1] - campos[1], p[2] - campos[2]
@@ -208,9 +229,7 @@ def _forward_kernel(means, quats, scales, coeffs, Rw, t, intr, opacities, width,
                     means2d, conics, depths, radii, colours):  # fmt: skip
     n = means.shape[0]
     fx, fy, cx, cy = intr[0], intr[1], intr[2], intr[3]
-    campos = np.zeros(3)
-    for r in range(3):
-        campos[r] = -(Rw[0, r] * t[0] + Rw[1, r] * t[1] + Rw[2, r] * t[2])
+    campos = _camera_centre(Rw, t)
     chunk = (n + GRADIENT_CHUNKS - 1) // GRADIENT_CHUNKS
     for ch in prange(GRADIENT_CHUNKS):
         Rq, M, RM, cov_c = np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3))
@@ -223,11 +242,8 @@ def _forward_kernel(means, quats, scales, coeffs, Rw, t, intr, opacities, width,
                 tz = 1.0  # projection.py's safe depth: finite values for a Gaussian that is culled anyway
             mx, my = fx * tx / tz + cx, fy * ty / tz + cy
             means2d[i, 0], means2d[i, 1] = mx, my
-            _camera_covariance(quats[i], scales[i], Rw, Rq, M, RM, cov_c)
-            _jacobian(tx, ty, tz, intr, width, height, J)
-            _mm(J, cov_c, JC)
-            _mm(JC, J.T, cov2d)
-            c00, c01, c11 = cov2d[0, 0] + eps2d, cov2d[0, 1], cov2d[1, 1] + eps2d
+            (c00, c01, c11), _, _ = _screen_covariance(quats[i], scales[i], Rw, intr, tx, ty, tz, width, height,
+                                                      eps2d, Rq, M, RM, cov_c, J, JC, cov2d)
             det = c00 * c11 - c01 * c01
             visible = in_front and det > 0 and opacities[i] > ALPHA_MIN
             if not visible:
@@ -253,9 +269,7 @@ def _backward_kernel(means, quats, scales, coeffs, Rw, t, intr, radii, width, he
                      v_means, v_quats, v_scales, v_coeffs, v_view_chunks):  # out, zeros  # fmt: skip
     n = means.shape[0]
     fx, fy = intr[0], intr[1]
-    campos = np.zeros(3)
-    for r in range(3):
-        campos[r] = -(Rw[0, r] * t[0] + Rw[1, r] * t[1] + Rw[2, r] * t[2])
+    campos = _camera_centre(Rw, t)
     chunk = (n + GRADIENT_CHUNKS - 1) // GRADIENT_CHUNKS
     for ch in prange(GRADIENT_CHUNKS):
         Rq, M, RM, cov_c = np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3))
@@ -269,11 +283,8 @@ def _backward_kernel(means, quats, scales, coeffs, Rw, t, intr, radii, width, he
                 continue  # culled: in no tile, no gradient
             p = means[i]
             tx, ty, tz = _camera_point(Rw, t, p)
-            norm, qw, qx, qy, qz = _camera_covariance(quats[i], scales[i], Rw, Rq, M, RM, cov_c)
-            u, v, u_free, v_free = _jacobian(tx, ty, tz, intr, width, height, J)
-            _mm(J, cov_c, JC)
-            _mm(JC, J.T, cov2d)
-            c00, c01, c11 = cov2d[0, 0] + eps2d, cov2d[0, 1], cov2d[1, 1] + eps2d
+            (c00, c01, c11), (norm, qw, qx, qy, qz), (u, v, u_free, v_free) = _screen_covariance(
+                quats[i], scales[i], Rw, intr, tx, ty, tz, width, height, eps2d, Rq, M, RM, cov_c, J, JC, cov2d)
             det = c00 * c11 - c01 * c01
             det2 = det * det
             # conics (a, b, c) = (c11, -c01, c00) / det
