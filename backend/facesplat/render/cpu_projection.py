@@ -11,7 +11,8 @@ quaternions, (activated) scales, SH coefficients and the viewmat (pose refinemen
 would give them through `project_gaussians` and `eval_sh`. A culled Gaussian (radii 0) is in no
 tile's list, so the compositor gives it no gradient, and neither does this backward.
 
-The kernels evaluate SH degree 0 and 1 (the training's); higher degrees use `eval_sh`.
+The kernels evaluate SH degree 0 and 1 (the training's); higher degrees, and plain features, go
+through `projection.view_features`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from numba import njit, prange
 from torch import Tensor
 
 from ..core.sh import SH_C0, SH_C1
-from .projection import ALPHA_MIN, EPS2D, MAX_EXTEND, NEAR_PLANE, TILE_SIZE, Projected, eval_sh
+from .projection import ALPHA_MIN, EPS2D, MAX_EXTEND, NEAR_PLANE, TILE_SIZE, Projected, view_features
 
 GRADIENT_CHUNKS = 64
 """The backward sums the viewmat's gradient over this many fixed chunks of Gaussians, then over
@@ -50,13 +51,7 @@ def prepare(
     means2d, conics, depths, radii, colours = _Project.apply(
         means, quats, scales, colors if in_kernel else colors.new_zeros(len(means), 1, 3), viewmat,
         opacities.detach(), K.detach(), width, height, eps2d, sh_degree if in_kernel else -1)
-    if sh_degree is None:
-        features = colors
-    elif not in_kernel:
-        campos = -viewmat[:3, :3].T @ viewmat[:3, 3]
-        features = eval_sh(sh_degree, means - campos, colors)
-    else:
-        features = colours
+    features = colours if in_kernel else view_features(sh_degree, means, colors, viewmat)
     tile_offsets, gauss_ids, drawn = bin_tiles(means2d.detach(), radii, depths, width, height, tile_mask)
     if tile_mask is not None:
         radii = torch.where(torch.from_numpy(drawn)[:, None], radii, torch.zeros_like(radii))
@@ -382,8 +377,9 @@ def _backward_kernel(means, quats, scales, coeffs, Rw, t, intr, radii, width, he
 
 @njit(cache=True)
 def _bin_kernel(means2d, radii, depth_order, selected, tiles_x, tiles_y):
-    """radii: [N, 2] in means2d's dtype. Counting sort of the (tile, Gaussian) pairs by tile; Gaussians enter front to back, so each
-    tile's list comes out depth-sorted. Box bounds as projection.bin_tiles computes them."""
+    """radii: [N, 2] in means2d's dtype. Counting sort of the (tile, Gaussian) pairs by tile;
+    Gaussians enter front to back, so each tile's list comes out depth-sorted. Box bounds as
+    projection.bin_tiles computes them."""
     n_tiles = tiles_x * tiles_y
     counts = np.zeros(n_tiles + 1, np.int64)
     n = means2d.shape[0]

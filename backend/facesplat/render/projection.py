@@ -155,6 +155,15 @@ def eval_sh(
     return torch.clamp_min(result + 0.5, 0.0)
 
 
+def view_features(sh_degree: int | None, means: Tensor, colors: Tensor, viewmat: Tensor) -> Tensor:
+    """What the compositor blends: `colors` as they are (sh_degree None), else the SH colours seen
+    from the camera of `viewmat` [N, 3]."""
+    if sh_degree is None:
+        return colors
+    campos = -viewmat[:3, :3].T @ viewmat[:3, 3]  # [3] camera centre in world
+    return eval_sh(sh_degree, means - campos, colors)
+
+
 @torch.no_grad()
 def bin_tiles(
     means2d: Tensor,  # [N, 2]
@@ -222,12 +231,9 @@ def prepare(
     """Project, colour and bin the Gaussians: everything before compositing. With `tile_mask`
     only those tiles are binned, and a Gaussian drawn in none of them gets radii 0 (not seen in
     this view, as far as densification's statistics go)."""
-    means2d, conics, depths, radii = project_gaussians(means, quats, scales, opacities, viewmat, K, width, height, eps2d)
-    if sh_degree is None:
-        features = colors
-    else:
-        campos = -viewmat[:3, :3].T @ viewmat[:3, 3]  # [3] camera centre in world
-        features = eval_sh(sh_degree, means - campos, colors)
+    means2d, conics, depths, radii = project_gaussians(means, quats, scales, opacities, viewmat, K, width, height,
+                                                       eps2d)
+    features = view_features(sh_degree, means, colors, viewmat)
     tile_offsets, gauss_ids = bin_tiles(means2d.detach(), radii, depths.detach(), width, height,
                                         tile_mask=tile_mask)
     if tile_mask is not None:
