@@ -14,8 +14,8 @@ With `--base REV` it runs each of `--runs` (defaults: 540 px, 3000 steps, the Bl
 preview: 270 px, 800 steps) twice, with the code of git revision REV (exported by `git archive`)
 and with this checkout's, one after the other, and prints them side by side with the ratios of
 wall and CPU time (the machine is shared: ratios mean more than times). Both versions' numba
-kernels are compiled before either is timed. Both are scored by this
-checkout's held-out metrics. `--share-prefix` runs frames, faces, sfm and masks once, with the
+kernels are compiled before either is timed, and both are scored by this checkout's held-out
+metrics. `--share-prefix` runs frames, faces, sfm and masks once, with the
 base's code, and copies that workspace for this checkout's run, so that only train and isolate
 run again (their markers hash the train config, which differs) and both train on the same SfM.
 That holds only where both versions hash frames..masks alike: against a revision before
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -147,7 +148,7 @@ def run_pipeline(backend: Path, capture: Path, root: Path, height: int, num_fram
            "--num-iters", str(num_iters), "--device", device, *extra]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
-    result = subprocess.run(cmd, env={**__import__("os").environ, "PYTHONPATH": str(backend)})
+    result = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(backend)})
     wall = time.time() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
@@ -177,7 +178,7 @@ for sh_degree in (0, 1):
 def warm_kernels(backend: Path) -> None:
     """Compile (and cache) the version's numba kernels before it is timed: a fresh checkout or
     `git archive` export compiles them in its first training otherwise (tens of seconds)."""
-    subprocess.run([sys.executable, "-c", WARM_UP], env={**__import__("os").environ, "PYTHONPATH": str(backend)},
+    subprocess.run([sys.executable, "-c", WARM_UP], env={**os.environ, "PYTHONPATH": str(backend)},
                    check=True)
 
 
@@ -210,9 +211,9 @@ def compare(args) -> int:
                 res.update(psnr=held["psnr"], fog=held["fog"], frames=held["frames"])
                 results.append(res)
             rows.append((name, height, iters, results))
-    load = __import__("os").getloadavg()
+    load = os.getloadavg()
     print(f"\ncapture {args.capture.name}, {args.num_frames} frames, device {args.device}; "
-          f"load average now {load[0]:.1f} / {load[2]:.1f} (1 / 15 min) on {__import__('os').cpu_count()} cores"
+          f"load average now {load[0]:.1f} / {load[2]:.1f} (1 / 15 min) on {os.cpu_count()} cores"
           + ("; frames..masks run once (base) and shared" if args.share_prefix else ""))
     stages = ("frames", "faces", "sfm", "masks", "train", "isolate")
     for name, height, iters, (base, this) in rows:
@@ -265,8 +266,8 @@ def main() -> int:
     wall, peak_mb, report, ws = res["wall"], res["peak_mb"], res["report"], res["ws"]
     held = held_out_metrics(ws, args.capture, video, read_splat_ply(out),
                             read_splat_ply(ws / "scene.ply") if args.picture else None)
-    print(f"\ncapture {args.capture.name}: preset {args.preset}, {args.num_frames} frames at {args.height} px, {args.num_iters} steps, "
-          f"device {args.device}, renderer {report.get('renderer')}")
+    print(f"\ncapture {args.capture.name}: preset {args.preset}, {args.num_frames} frames at {args.height} px, "
+          f"{args.num_iters} steps, device {args.device}, renderer {report.get('renderer')}")
     for stage, seconds in report["stage_seconds"].items():
         print(f"  {stage:8s} {seconds:8.1f} s")
     print(f"  total    {wall:8.1f} s (wall, process start included)")

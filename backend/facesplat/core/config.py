@@ -149,8 +149,9 @@ class TrainConfig:
               "step (their alpha penalty weighs 1/share: the same on average, for less work); 1 renders all")
     fine_pixel_stride: int = knob(
         2, "without gsplat (CPU, Apple MPS): after the coarse steps, render every this-many-th pixel of the "
-           "full-resolution crop each way, from a random phase each step: exactly the full-resolution image at those pixels, for about "
-           "1/stride^2 of the kernels' work; 1 renders every pixel (the preview preset: its fine steps are 270 px). "
+           "full-resolution crop each way, from a random phase each step: exactly the full-resolution image at "
+           "those pixels, for about 1/stride^2 of the kernels' work; 1 renders every pixel (the preview preset: its "
+           "fine steps are 270 px). "
            "On the sample capture's defaults workspace, 1 -> 2: training 656 -> 347 s, held-out PSNR 37.21 -> "
            "36.21 dB with the alpha penalty's old weight 0.1 (37.39 dB with 0.3); at the preview settings "
            "77 -> 51 s, 34.07 -> 32.87 dB (docs/benchmarks.md)")
