@@ -213,6 +213,9 @@ def head_silhouette(image: np.ndarray, ellipse: HeadEllipse, margin: float) -> n
     ring, core = (SILHOUETTE_RING,) * 2, SILHOUETTE_CORE[ellipse.source]
     for factors, label in ((ring, cv2.GC_PR_BGD), ((1.0, 1.0), cv2.GC_PR_FGD), (core, cv2.GC_FGD)):
         cv2.ellipse(seeds, center, axes(*factors), angle, 0, 360, int(label), thickness=-1)
+    # GrabCut seeds its colour models by k-means from OpenCV's per-thread random generator: seeded
+    # here, a frame's cut is the same whichever thread makes it and whatever it drew before.
+    cv2.setRNGSeed(0)
     cv2.grabCut(roi, seeds, None, np.zeros((1, 65)), np.zeros((1, 65)), GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_MASK)
     head = ((seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)).astype(np.uint8)
     # The part connected to the face, holes filled (eyes, shadows).
