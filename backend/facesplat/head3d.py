@@ -11,7 +11,7 @@ Cues, in order of trust:
 `estimate_head_volume` combines them into a `HeadVolume` (an ellipsoid); `project_ellipsoid`
 gives its exact outline in any view, which masks.py turns into that view's head mask.
 `carve_visual_hull` then votes the views' silhouettes (masks.py's cuts) into one 3D head inside
-the ellipsoid, so that one view's wrong cut is outvoted by the others.
+the ellipsoid, so that one view's wrong cut is outvoted by the others, and ends it at a `Neck`.
 
 Pixels follow core/cameras.py `project_points`: pixel centres at integer + 0.5.
 """
@@ -61,6 +61,19 @@ class HeadVolume:
         u /= np.linalg.norm(u, axis=1, keepdims=True)
         return self.center + (u * self.semi_axes) @ self.rotation.T
 
+    def heights(self, points: np.ndarray) -> np.ndarray:
+        """[P] height of each point above the ellipsoid's centre, along its up axis (world units)."""
+        return (np.asarray(points, float).reshape(-1, 3) - self.center) @ self.rotation[:, 2]
+
+
+@dataclass(frozen=True)
+class Neck:
+    """Where the head runs on into its neck, in heights above the head volume's centre
+    (`HeadVolume.heights`, world units): the neck from `top` down, nothing of the head below `cut`."""
+
+    top: float
+    cut: float
+
 
 @dataclass(frozen=True)
 class VisualHull:
@@ -73,20 +86,25 @@ class VisualHull:
 
 
 def carve_visual_hull(volume: HeadVolume, cameras: Sequence[CameraFrame], silhouettes: Sequence[np.ndarray | None],
-                      vote: float, resolution: int) -> VisualHull:
+                      vote: float, resolution: int, neck: Neck | None = None) -> VisualHull:
     """The visual hull of `silhouettes` (bool [H, W] per camera, in its distorted frame; None: the
     view has no say) inside `volume`, on a grid of cubic voxels `resolution` across its longest
     axis. A voxel is kept when it falls inside the silhouette in at least the fraction `vote` of
     the voting views it is in the frame of (1.0 is the classic hull: one view's miss carves; a
-    lower vote lets a few views' wrong cuts be outvoted both ways). Only the largest 26-connected
-    piece is kept: stray voxels kept by chance are no head."""
+    lower vote lets a few views' wrong cuts be outvoted both ways). With a `neck`, nothing below
+    its cut is head, and about a voxel in the neck a view whose silhouette ends above it (in the
+    frame's rows) has no say: a voxel in the neck no view calls head is carved. Only the
+    largest 26-connected piece is kept: stray voxels kept by chance are no head."""
     from scipy import ndimage
 
     step = 2 * float(volume.semi_axes.max()) / resolution
     counts = np.maximum(1, np.ceil(2 * volume.semi_axes / step).astype(int))  # cells per ellipsoid axis
     grid = np.stack(np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * step for n in counts], indexing="ij"), axis=-1)
     inside = (np.square(grid / volume.semi_axes).sum(axis=-1) <= 1.0)  # [nx, ny, nz]
+    if neck is not None:
+        inside &= grid[..., 2] >= neck.cut
     centers = volume.center + grid[inside] @ volume.rotation.T  # [V, 3] world
+    in_neck = volume.heights(centers) < (neck.top if neck is not None else -np.inf)
     seen = np.zeros(len(centers), np.int32)
     votes = np.zeros(len(centers), np.int32)
     voters = 0
@@ -95,9 +113,12 @@ def carve_visual_hull(volume: HeadVolume, cameras: Sequence[CameraFrame], silhou
             continue
         voters += 1
         pixel = pixels_in_frame(centers, camera)
-        seen += pixel >= 0
-        votes += silhouette.reshape(-1)[np.maximum(pixel, 0)] & (pixel >= 0)
-    kept = votes >= vote * seen - 1e-9
+        says = pixel >= 0
+        if neck is not None:
+            says &= ~(in_neck & (pixel // camera.width > lowest_row(silhouette)))
+        seen += says
+        votes += silhouette.reshape(-1)[np.maximum(pixel, 0)] & says
+    kept = (votes >= vote * seen - 1e-9) & ~(in_neck & (votes == 0))
     grid_kept = np.zeros(inside.shape, bool)
     grid_kept[inside] = kept
     labels, n = ndimage.label(grid_kept, structure=np.ones((3, 3, 3)))
@@ -105,6 +126,12 @@ def carve_visual_hull(volume: HeadVolume, cameras: Sequence[CameraFrame], silhou
         largest = 1 + int(np.argmax(np.bincount(labels.reshape(-1))[1:]))
         kept = (labels == largest)[inside]
     return VisualHull(centers[kept], step, int(inside.sum()), voters)
+
+
+def lowest_row(silhouette: np.ndarray) -> int:
+    """The lowest row of the frame a bool [H, W] silhouette reaches (-1 when empty)."""
+    rows = np.flatnonzero(silhouette.any(axis=1))
+    return int(rows[-1]) if len(rows) else -1
 
 
 def pixels_in_frame(points: np.ndarray, camera: CameraFrame) -> np.ndarray:

@@ -10,8 +10,12 @@ lost, a patch of background kept), so they are then voted into one 3D head: the 
 (head3d.py `carve_visual_hull`) in the volume grown by SILHOUETTE_RING, where a few views'
 misses are outvoted when there are many views (`hull_vote`), and each view's mask is that hull
 seen from the view, at half weight where the view's own cut says background (`hull_beyond_cut`:
-trimming there would bring each cut's own misses back). With fewer than `hull_min_views` cuts
-each view keeps its own cut; a view whose cut fails keeps the ellipse (or the hull's view of it).
+trimming there would bring each cut's own misses back). A person's head (placed by faces) ends
+at a rule, not where the cuts happen to stop (`head_neck`): below the chin the neck is the same
+skin as the shoulders and every cut ends it at its own height, so there a cut that ends above a
+voxel has no say on it, and nothing below the neck's cut is head. With fewer than
+`hull_min_views` cuts each view keeps its own cut; a view whose cut fails keeps the ellipse (or
+the hull's view of it).
 
 Writes `<out_dir>/<NNNNNN>.png` (uint8, 255 = head; same names as frames/) and returns the
 records the pipeline keeps as `masks.json`:
@@ -38,7 +42,7 @@ from .core.cameras import CameraFrame, project_points
 from .core.files import atomic_write_bytes
 from .errors import StageError
 from .faces import HeadEllipse
-from .head3d import HeadVolume, VisualHull, carve_visual_hull, pixels_in_frame, project_ellipsoid
+from .head3d import HeadVolume, Neck, VisualHull, carve_visual_hull, lowest_row, pixels_in_frame, project_ellipsoid
 from .stage import StageContext
 from .workspace import frame_name
 
@@ -67,13 +71,17 @@ def masks_from_head_volume(cameras: list[CameraFrame], volume: HeadVolume, frame
     with ThreadPoolExecutor(max_workers=max(1, min(4, cv2.getNumberOfCPUs()))) as pool:
         silhouettes = list(pool.map(cut, cameras, ellipses))
     ctx.emit("masks", 0.7, f"cut {sum(s is not None for s in silhouettes)} of {len(cameras)} views to the silhouette")
-    hull = None
+    hull = neck_hull = None
+    neck = head_neck(volume, cfg)
     if cfg.refine and cfg.hull and sum(s is not None for s in silhouettes) >= cfg.hull_min_views:
         hull = carve_visual_hull(search_volume(volume), cameras,
                                  [None if s is None else vote_region(s, e, cfg.hull_slack)
-                                  for s, e in zip(silhouettes, ellipses)], cfg.hull_vote, cfg.hull_resolution)
+                                  for s, e in zip(silhouettes, ellipses)], cfg.hull_vote, cfg.hull_resolution,
+                                 neck)
         if not len(hull.centers):
             hull = None  # nothing is head in enough views: keep each view's own cut
+        elif neck is not None:
+            neck_hull = replace(hull, centers=hull.centers[volume.heights(hull.centers) < neck.top])
     ctx.emit("masks", 0.8, "carved the views' silhouettes into one head" if hull is not None else "masks cut per view")
 
     records = []
@@ -82,15 +90,11 @@ def masks_from_head_volume(cameras: list[CameraFrame], volume: HeadVolume, frame
         if ellipse is None:
             mask, kind = np.zeros(shape, np.uint8), "empty"
         elif hull is not None:
-            # The hull's outline overshoots by up to a voxel, and a short arc cannot carve behind
-            # the head; the view's own cut could trim that (on the 360-degree orbit: precision
-            # 0.930 -> 0.976), but it brings back the cut's own misses (recall 0.992 -> 0.984, worst
-            # view 0.967 -> 0.910), and training pays more for a missing ear than for a rim of
-            # background. So where they disagree the mask is half-weighted: neither trimmed nor kept.
-            mask, kind = hull_mask(hull, camera, search_volume(volume), cfg), "hull"
+            bound = search_volume(volume)
+            mask, kind = hull_mask(hull, camera, bound, cfg), "hull"
             if silhouette is not None:
-                beyond = (cfg.hull_beyond_cut * mask).astype(np.uint8)
-                mask = np.maximum(np.minimum(mask, silhouette), beyond)
+                neck_view = None if neck_hull is None else hull_mask(neck_hull, camera, bound, cfg)
+                mask = trim_by_cut(mask, silhouette, cfg.hull_beyond_cut, neck_view)
         elif silhouette is not None:
             mask, kind = np.minimum(soft_ellipse_mask(shape, ellipse, cfg.blur_fraction), silhouette), "silhouette"
         else:
@@ -105,6 +109,35 @@ def masks_from_head_volume(cameras: list[CameraFrame], volume: HeadVolume, frame
         records.append({**record, "shape": kind, "cut": silhouette is not None})
         ctx.emit("masks", 0.8 + 0.2 * (k + 1) / len(cameras), f"made mask {k + 1} of {len(cameras)}")
     return records
+
+
+def head_neck(volume: HeadVolume, cfg: MaskConfig) -> Neck | None:
+    """Where the head runs on into its neck (`cfg.neck_top`, `cfg.neck_cut`: heights in the head
+    ellipsoid's vertical semi-axes from its centre), for a head that faces placed. A face means a
+    person, whose neck and shoulders are the face's skin, so each view's cut ends the neck at its
+    own height (head3d.py `Neck`). A head placed by the cameras alone has no chin to measure
+    from: its centre is where the cameras converge, and the stone head's chin, seen from above,
+    lies below the neck cut there; it keeps the plain vote."""
+    if volume.center_source != "faces":
+        return None
+    height = float(volume.semi_axes[2])
+    return Neck(cfg.neck_top * height, cfg.neck_cut * height)
+
+
+def trim_by_cut(hull_view: np.ndarray, silhouette: np.ndarray, beyond_cut: float,
+                neck_view: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [H, W]: a view's mask from the hull seen from it and the view's own cut. The hull's
+    outline overshoots by up to a voxel, and a short arc cannot carve behind the head; the view's
+    own cut could trim that (on the 360-degree orbit: precision 0.930 -> 0.976), but it brings back
+    the cut's own misses (recall 0.992 -> 0.984, worst view 0.967 -> 0.910), and training pays more
+    for a missing ear than for a rim of background. So where they disagree the mask is weighted
+    `beyond_cut`: neither trimmed nor kept. The hull's neck seen from the view (`neck_view`) is
+    kept whole below the lowest row the cut reaches: a cut that ends above says nothing there."""
+    mask = np.maximum(np.minimum(hull_view, silhouette), (beyond_cut * hull_view).astype(np.uint8))
+    if neck_view is not None:
+        below = np.arange(hull_view.shape[0])[:, None] > lowest_row(silhouette >= 128)
+        mask = np.maximum(mask, neck_view * below)
+    return mask
 
 
 def vote_region(silhouette: np.ndarray, ellipse: HeadEllipse, slack: float) -> np.ndarray:

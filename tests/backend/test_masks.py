@@ -241,6 +241,27 @@ def test_a_frames_cut_is_the_same_whichever_thread_makes_it(capture_run):
         assert first is not None and np.array_equal(first, again)
 
 
+def test_a_views_cut_trims_its_hull_by_half_except_the_neck_below_where_the_cut_ends():
+    from facesplat.masks import trim_by_cut
+
+    hull = np.zeros((100, 80), np.uint8)
+    hull[10:90, 20:60] = 255  # the hull seen from the view: head and neck
+    cut = np.zeros_like(hull)
+    cut[10:50, 25:55] = 255  # the view's own cut: narrower, and it ends the neck at row 49
+    neck = np.zeros_like(hull)
+    neck[40:90, 30:50] = 255  # the hull's neck voxels seen from the view
+
+    plain = trim_by_cut(hull, cut, 0.5)
+    assert plain[30, 40] == 255 and plain[30, 22] == 127, "beside the cut: half weight"
+    assert plain[70, 40] == 127, "below where the cut ends, too"
+    assert plain[5, 40] == 0 and plain[70, 65] == 0, "nothing beyond the hull"
+
+    mask = trim_by_cut(hull, cut, 0.5, neck)
+    assert mask[70, 40] == 255 and mask[50, 40] == 255, "the neck below the cut's lowest row is kept whole"
+    assert mask[45, 22] == 127 and mask[70, 22] == 127, "beside the neck: as before"
+    assert (mask[:50] == plain[:50]).all(), "where the cut reaches, it still trims"
+
+
 def test_a_views_hull_vote_grows_by_the_slack():
     from facesplat.masks import vote_region
 
