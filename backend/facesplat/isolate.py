@@ -5,7 +5,8 @@ Every view is rendered once with two constant feature channels; by autograd, the
 with respect to Gaussian i's features is (sum over pixels of mask * w_i, sum of w_i), where
 w_i = alpha_i * T_i is its blending weight: how much of the view it really shows, occlusion included.
 A Gaussian is *visible* in a view when its total weight exceeds `visible_weight`, and *inside* when
-more than half of that weight falls on the head mask. We keep Gaussians inside in more than
+more than half of that weight falls on the head mask (where it exceeds `inside_mask_level`: the
+hull's half-weighted rim counts, see IsolateConfig). We keep Gaussians inside in more than
 `threshold` of their visible views whose opacity exceeds `min_opacity`, and that lie inside the
 masks' visual hull: their centre projects onto the mask in more than `hull_fraction` of all views.
 The hull test is needed because the visibility vote alone keeps room surfaces far behind the head
@@ -78,7 +79,8 @@ def visibility_stats(splats: Splats, views: list[View], cfg: IsolateConfig, ctx:
         features = torch.ones(n, 2, device=device, requires_grad=True)
         render, _, _ = rasterize(means, quats, scales, opacities, features, view.viewmat, view.K,
                                  view.width, view.height, backgrounds=torch.zeros(2, device=device))
-        (render[..., 0] * view.mask[..., 0]).sum().add(render[..., 1].sum()).backward()
+        head = (view.mask[..., 0] > cfg.inside_mask_level).to(render.dtype)
+        (render[..., 0] * head).sum().add(render[..., 1].sum()).backward()
         grad = features.grad.detach().cpu().numpy()  # [N, 2]: (weight on the mask, total weight)
         seen = grad[:, 1] > cfg.visible_weight
         visible += seen

@@ -171,7 +171,7 @@ def _isolate(run: Run) -> dict:
     from .core.cameras import trained_cameras_path
 
     cache_key = (f"{_file_fingerprint(ws.scene_ply)}:{_file_fingerprint(trained_cameras_path(ws.root))}:"
-                 f"{cfg.visible_weight}")
+                 f"{cfg.visible_weight}:{cfg.inside_mask_level}")
     cached = None
     if ws.isolation_npz.exists():
         with contextlib.suppress(OSError, KeyError, ValueError):

@@ -247,3 +247,27 @@ def test_isolation_keeps_the_head_and_drops_the_room():
     assert list(select_head(splats, stats, cfg)) == [True, False]
     faint = dataclasses.replace(splats, opacities=np.full(n, -4.0, np.float32))  # sigmoid(-4) < 0.05
     assert not select_head(faint, stats, cfg).any()
+
+
+def test_the_visibility_vote_counts_the_hulls_half_weighted_rim_as_head():
+    """Masks weigh the hull's rim that a view's own cut calls background by half
+    (MaskConfig.hull_beyond_cut). A Gaussian on that rim in every view is inside for the
+    visibility vote (inside_mask_level 0.25), not for the hull test (mask > 0.5); one beyond
+    the rim is neither."""
+    means = np.array([[0, 0, 0], [0.0, 0.0, 0.17], [0.0, 0.0, 0.4]], np.float32)  # head, rim, beyond
+    n = len(means)
+    splats = Splats(means=means, sh0=np.zeros((n, 3), np.float32), shN=np.zeros((n, 3, 3), np.float32),
+                    opacities=np.full(n, 2.0, np.float32), scales=np.full((n, 3), np.log(0.01), np.float32),
+                    quats=np.tile(np.array([1, 0, 0, 0], np.float32), (n, 1)))
+    views = []
+    for a in np.linspace(0, 2 * np.pi, 8, endpoint=False):
+        view = view_with_centre_mask(camera([np.cos(a), np.sin(a), 0.0]), radius=6)
+        rim = view_with_centre_mask(view.camera, radius=16).mask
+        views.append(dataclasses.replace(view, mask=torch.maximum(view.mask, rim * (127 / 255))))
+    cfg = IsolateConfig()
+    stats = visibility_stats(splats, views, cfg, StageContext(device=torch.device("cpu")))
+    assert list(stats["inside_views"]) == [8, 8, 0] and list(stats["hull_views"]) == [8, 0, 0]
+    assert list(select_head(splats, stats, cfg)) == [True, False, False], "on the rim in every view: off the hull"
+    strict = visibility_stats(splats, views, dataclasses.replace(cfg, inside_mask_level=0.5),
+                              StageContext(device=torch.device("cpu")))
+    assert list(strict["inside_views"]) == [8, 0, 0], "at 0.5 the rim is background"
