@@ -101,10 +101,11 @@ def carve_visual_hull(volume: HeadVolume, cameras: Sequence[CameraFrame], silhou
     counts = np.maximum(1, np.ceil(2 * volume.semi_axes / step).astype(int))  # cells per ellipsoid axis
     grid = np.stack(np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * step for n in counts], indexing="ij"), axis=-1)
     inside = (np.square(grid / volume.semi_axes).sum(axis=-1) <= 1.0)  # [nx, ny, nz]
+    height = grid[..., 2]  # the grid's third axis is the volume's up: `HeadVolume.heights`
     if neck is not None:
-        inside &= grid[..., 2] >= neck.cut
+        inside &= height >= neck.cut
     centers = volume.center + grid[inside] @ volume.rotation.T  # [V, 3] world
-    in_neck = volume.heights(centers) < (neck.top if neck is not None else -np.inf)
+    in_neck = height[inside] < (neck.top if neck is not None else -np.inf)
     seen = np.zeros(len(centers), np.int32)
     votes = np.zeros(len(centers), np.int32)
     voters = 0
