@@ -207,8 +207,8 @@ class IsolateConfig:
               "that the view's own cut calls background (weight MaskConfig.hull_beyond_cut, 0.5), so a Gaussian seen "
               "in few views (the back of the skull at the ends of a short arc) does not hang on those views' cuts; "
               "the hull test keeps mask > 0.5. At 0.5 the sample capture's preview lost the back of the skull on "
-              "some seeds: held-out PSNR 31.9-34.2 dB over three seeds, 33.8-34.7 with 0.25, fog 0.019-0.022 "
-              "either way")
+              "some seeds: held-out PSNR 33.48 / 34.17 / 31.87 dB on seeds 0-2 of one workspace; with 0.25 "
+              "seeds 0 and 2 gave 33.75 / 34.26 dB, fog 0.019-0.022 either way")
 
 
 DEVICES = ("auto", "cuda", "cpu", "mps")
